@@ -1,0 +1,68 @@
+# colo-proxy: top-level build and test entry points.
+#   make demo   the README's main job (namespace demo, userspace datapath)
+#   make test   everything CI runs: deps, lint, host tests, module build, guest-kernel tests
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON   ?= python3
+VENV     ?= .venv
+VPY      := $(VENV)/bin/python
+BUILD    ?= build
+# Kernels the module is built and tested against (Debian bookworm, bookworm-backports).
+KERNELS  ?= 6.1 6.12
+PYTEST_ARGS ?=
+
+# Debian packages needed by the build and the tests (see docs/development.md).
+APT_PKGS := build-essential pkg-config make gcc kmod cpio busybox-static xz-utils zstd \
+            qemu-system-x86 linux-headers-amd64 dwarves bc \
+            iproute2 iptables nftables libnftables1 libxtables-dev \
+            libnetfilter-queue-dev iputils-ping util-linux libcap2-bin tcpdump
+
+.PHONY: help deps venv lint test test-host kmod test-kernel demo bench clean
+
+help:
+	@echo "make demo        run the namespace demo (root)"
+	@echo "make test        install deps, lint, host tests, build modules, guest-kernel tests (root)"
+	@echo "make kmod        build the modules for: $(KERNELS)"
+	@echo "make test-host   host tests only;  make test-kernel  guest-kernel tests only"
+	@echo "make bench       run the benchmarks in bench/"
+
+deps:
+	@scripts/apt-deps.sh $(APT_PKGS)
+
+$(VENV)/.stamp: pyproject.toml
+	@echo "== venv: $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+lint: venv
+	@echo "== ruff"
+	$(VENV)/bin/ruff check colo_proxy tests bench
+	@echo "== mypy --strict"
+	$(VENV)/bin/mypy --strict colo_proxy
+
+test-host: deps venv
+	@echo "== host tests"
+	$(VPY) -m pytest -m 'not kernel' $(PYTEST_ARGS)
+
+kmod: deps
+	@scripts/kmod-build.sh $(BUILD) $(KERNELS)
+
+test-kernel: deps venv kmod
+	@scripts/guest-test.sh $(BUILD) $(KERNELS)
+
+test: deps venv lint test-host test-kernel
+
+demo: deps venv
+	$(VENV)/bin/colo-proxy demo $(DEMO_ARGS)
+
+bench: deps venv
+	$(VPY) bench/compare.py
+
+clean:
+	rm -rf $(BUILD) kmod/nfnetlink_colo/{*.o,*.ko,*.mod,*.mod.c,.*.cmd,modules.order,Module.symvers}

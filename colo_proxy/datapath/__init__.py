@@ -1,0 +1,1 @@
+"""colo_proxy.datapath"""
