@@ -1,0 +1,15 @@
+"""``colo-proxy run --datapath nfqueue``: options and entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..compare.model import Config
+from ..errors import ColoError
+
+OPTIONS: list[Callable[[Any], Any]] = []
+
+
+def run(params: dict[str, Any], config: Config) -> None:
+    raise ColoError("datapath nfqueue: not implemented yet")
