@@ -32,9 +32,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import demo, diff, kmod, run
+    from . import demo, diff, kmod, run, status
 
-    for module in (diff, kmod, run, demo):
+    for module in (diff, kmod, status, run, demo):
         for command in module.COMMANDS:
             main.add_command(command)
 
