@@ -1,0 +1,115 @@
+"""Build request messages and decode replies/notifications into typed objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .constants import FAMILY_VERSION, Cmd, GoneReason, Mode, Reason, State
+from .messages import colo_msg
+from .model import STATS_FIELDS, CheckpointRequestEvent, Event, FlowTuple, Node, NodeGoneEvent
+
+NLA_F_NESTED = 0x8000
+
+
+def attr_name(name: str) -> str:
+    return "COLO_A_NODE_" + name.upper().replace("-", "_")
+
+
+def request(cmd: Cmd, **attrs: Any) -> colo_msg:
+    """A colo message for ``cmd`` with the given node attributes (None = absent)."""
+    msg = colo_msg()
+    msg["cmd"] = int(cmd)
+    msg["version"] = FAMILY_VERSION
+    for name, value in attrs.items():
+        if value is None:
+            continue
+        if name == "tuple":
+            msg["attrs"].append((attr_name(name), encode_tuple(value), NLA_F_NESTED))
+        else:
+            msg["attrs"].append((attr_name(name), int(value)))
+    return msg
+
+
+def encode_tuple(flow: FlowTuple) -> dict[str, Any]:
+    attrs: list[tuple[str, Any]] = [
+        ("COLO_A_TUPLE_FAMILY", flow.family),
+        ("COLO_A_TUPLE_PROTO", flow.proto),
+        ("COLO_A_TUPLE_SRC", bytes(flow.src)),
+        ("COLO_A_TUPLE_DST", bytes(flow.dst)),
+        ("COLO_A_TUPLE_SPORT", flow.sport),
+        ("COLO_A_TUPLE_DPORT", flow.dport),
+    ]
+    if flow.vlan is not None:
+        attrs.append(("COLO_A_TUPLE_VLAN", flow.vlan))
+    return {"attrs": attrs}
+
+
+def _enum(cls: Any, value: Any, default: int = 0) -> Any:
+    raw = default if value is None else int(value)
+    try:
+        return cls(raw)
+    except ValueError:
+        return raw  # a newer kernel's value: keep the number rather than fail
+
+
+def decode_stats(nest: Any) -> dict[str, int]:
+    if nest is None:
+        return {}
+    stats: dict[str, int] = {}
+    for name in STATS_FIELDS:
+        value = nest.get_attr("COLO_A_STATS_" + name.upper().replace("-", "_"))
+        if value is not None:
+            stats[name] = int(value)
+    return stats
+
+
+def decode_tuple(nest: Any) -> FlowTuple | None:
+    if nest is None:
+        return None
+
+    def get(name: str, default: Any = 0) -> Any:
+        value = nest.get_attr("COLO_A_TUPLE_" + name)
+        return default if value is None else value
+
+    vlan = nest.get_attr("COLO_A_TUPLE_VLAN")
+    return FlowTuple(
+        family=int(get("FAMILY")),
+        proto=int(get("PROTO")),
+        src=bytes(get("SRC", b"")),
+        dst=bytes(get("DST", b"")),
+        sport=int(get("SPORT")),
+        dport=int(get("DPORT")),
+        vlan=None if vlan is None else int(vlan),
+    )
+
+
+def decode_node(msg: Any) -> Node:
+    return Node(
+        index=int(msg.get_attr("COLO_A_NODE_INDEX") or 0),
+        mode=_enum(Mode, msg.get_attr("COLO_A_NODE_MODE")),
+        state=_enum(State, msg.get_attr("COLO_A_NODE_STATE")),
+        owner=int(msg.get_attr("COLO_A_NODE_OWNER") or 0),
+        stats=decode_stats(msg.get_attr("COLO_A_NODE_STATS")),
+    )
+
+
+def decode_event(msg: Any) -> Event | None:
+    """A notification as a typed event; None for messages that are not events."""
+    cmd = msg.get("cmd")
+    index = int(msg.get_attr("COLO_A_NODE_INDEX") or 0)
+    mode = _enum(Mode, msg.get_attr("COLO_A_NODE_MODE"))
+    if cmd == Cmd.CHECKPOINT_REQUEST:
+        return CheckpointRequestEvent(
+            index=index,
+            mode=mode,
+            reason=_enum(Reason, msg.get_attr("COLO_A_NODE_REASON")),
+            tuple=decode_tuple(msg.get_attr("COLO_A_NODE_TUPLE")),
+        )
+    if cmd == Cmd.NODE_GONE:
+        return NodeGoneEvent(
+            index=index,
+            mode=mode,
+            reason=_enum(GoneReason, msg.get_attr("COLO_A_NODE_GONE_REASON")),
+            stats=decode_stats(msg.get_attr("COLO_A_NODE_STATS")),
+        )
+    return None
