@@ -1,2 +1,129 @@
 #!/usr/bin/env bash
-echo "guest-test: not yet implemented"; exit 0
+# Run the kernel test suite inside each given Debian kernel under QEMU TCG.
+#   scripts/guest-test.sh BUILD SERIES... [-- PYTEST_ARGS...]
+#   e.g.  scripts/guest-test.sh build 6.1 -- -k stress -x
+# Needs (from scripts/kernels.sh and scripts/kmod-build.sh):
+#   BUILD/kernels/SERIES/{KVER,root/}   BUILD/kmod/SERIES/nfnetlink_colo.ko
+# Writes BUILD/guest/SERIES/{console.log,pytest.log,junit.xml,dmesg.txt,rc,times}.
+# Environment:
+#   PYTEST_ARGS      extra pytest arguments (word-split), added before those after --
+#   GUEST_TIMEOUT    seconds per kernel before QEMU is killed (default 900)
+#   GUEST_CMD        run this shell command in the guest instead of the suite (debugging);
+#                    the module is then not required
+#   GUEST_INTERACTIVE=1  attach the terminal to the guest's console (with GUEST_CMD='bash -i')
+#   GUEST_SMP, GUEST_MEM  QEMU -smp / -m (default 2, 2G)
+# Fails (exit 1) when any kernel fails: a failed test, a bad kernel log line (scripts/guest/
+# dmesg-bad.regex), a timeout, a missing kernel or module.
+set -uo pipefail
+here=$(dirname "$(realpath "$0")")
+repo=$(dirname "$here")
+[ $# -ge 2 ] || { echo "usage: $0 BUILD SERIES... [-- PYTEST_ARGS...]" >&2; exit 2; }
+mkdir -p "$1"
+build=$(realpath "$1")
+shift
+series=()
+while [ $# -gt 0 ] && [ "$1" != -- ]; do series+=("$1"); shift; done
+[ "${1:-}" = -- ] && shift
+read -r -a env_args <<<"${PYTEST_ARGS:-}"
+pytest_args=("${env_args[@]}" "$@")
+timeout_s=${GUEST_TIMEOUT:-900}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "guest-test: must run as root (QEMU exports / over 9p with the host's permissions)" >&2
+    exit 1
+fi
+for tool in qemu-system-x86_64 busybox modprobe cpio; do
+    command -v "$tool" >/dev/null || { echo "guest-test: $tool not found (make deps)" >&2; exit 1; }
+done
+
+declare -A verdict
+failed=0
+
+# Prints why SERIES cannot run, or nothing.
+check_inputs() {
+    local s=$1 k=$build/kernels/$1 kver
+    [ -f "$k/KVER" ] || { echo "kernel missing: $k/KVER (run scripts/kernels.sh $build $s)"; return; }
+    kver=$(<"$k/KVER")
+    [ -f "$k/root/boot/vmlinuz-$kver" ] || { echo "kernel image missing: $k/root/boot/vmlinuz-$kver"; return; }
+    [ -f "$k/root/lib/modules/$kver/modules.dep" ] || { echo "modules.dep missing in $k/root/lib/modules/$kver (depmod -b)"; return; }
+    if [ -z "${GUEST_CMD:-}" ] && [ ! -f "$build/kmod/$s/nfnetlink_colo.ko" ]; then
+        echo "module missing: $build/kmod/$s/nfnetlink_colo.ko (run scripts/kmod-build.sh $build $s)"
+    fi
+}
+
+run_series() {
+    local s=$1 p="[$1] " k=$build/kernels/$1 out=$build/guest/$1 kver problem
+    problem=$(check_inputs "$s")
+    if [ -n "$problem" ]; then
+        verdict[$s]="FAIL: $problem"
+        return 1
+    fi
+    kver=$(<"$k/KVER")
+    rm -rf "$out"
+    mkdir -p "$out"
+    local initrd=$build/guest/initramfs-$s.cpio.gz t0=$SECONDS
+    echo "${p}building initramfs for $kver"
+    "$here/guest/mk-initramfs.sh" "$k/root" "$kver" "$initrd" || { verdict[$s]="FAIL: initramfs build failed"; return 1; }
+
+    {
+        echo "# written by scripts/guest-test.sh; run in the guest by scripts/guest/stage2.sh"
+        printf 'export COLO_GUEST=1 COLO_SERIES=%q COLO_KVER=%q COLO_REPO=%q COLO_OUT=%q\n' \
+            "$s" "$kver" "$repo" "$out"
+        printf 'export COLO_KO=%q COLO_KMOD_DIR=%q COLO_DMESG_PATTERNS=%q\n' \
+            "$build/kmod/$s/nfnetlink_colo.ko" "$build/kmod/$s" "$here/guest"
+        printf 'cd %q\n' "$repo"
+        if [ -n "${GUEST_CMD:-}" ]; then
+            printf '%s\n' "$GUEST_CMD"
+        else
+            printf 'exec bash %q' "$here/guest/kernel-suite.sh"
+            [ ${#pytest_args[@]} -gt 0 ] && printf ' %q' "${pytest_args[@]}"
+            echo
+        fi
+    } >"$out/cmd.sh"
+
+    echo "${p}booting $kver under QEMU TCG (timeout ${timeout_s}s)"
+    LOG_PREFIX="$p" "$here/guest/run-qemu.sh" "$k/root/boot/vmlinuz-$kver" "$initrd" "$out" "$timeout_s" \
+        "colo.stage2=$here/guest/stage2.sh" "colo.modroot=$(realpath "$k/root/lib/modules")" \
+        "colo.out=$(realpath "$out")"
+    local qrc=$? total=$((SECONDS - t0)) reasons=() rc=
+    [ "$qrc" -eq 130 ] && exit 130
+    [ "$qrc" -eq 124 ] && reasons+=("guest timed out after ${timeout_s}s")
+    if [ -f "$out/rc" ]; then
+        rc=$(<"$out/rc")
+        [ "$rc" = 0 ] || reasons+=("guest command exit code $rc")
+    elif [ "$qrc" -ne 124 ]; then
+        reasons+=("guest ended without an exit code (QEMU rc $qrc; kernel panic? see $out/console.log)")
+    fi
+    local log=$out/dmesg.txt bad
+    [ -s "$log" ] || log=$out/console.log
+    if ! bad=$("$here/guest/check-dmesg.sh" "$log"); then
+        reasons+=("kernel log has $(wc -l <<<"$bad") bad line(s)")
+        sed "s/^/${p}dmesg: /" <<<"$bad"
+    fi
+    if [ -f "$out/pytest.log" ]; then
+        local summary
+        summary=$(grep -E '^=+ .*( in [0-9.]+s).* =+$' "$out/pytest.log" | tail -1)
+        echo "${p}pytest: ${summary:-no summary line (see $out/pytest.log)}"
+    fi
+    local boot_s='?' cmd_s='?'
+    if [ -f "$out/times" ]; then
+        boot_s=$(sed -n 's/^boot_s=//p' "$out/times")
+        cmd_s=$(sed -n 's/^cmd_s=//p' "$out/times")
+    fi
+    local timing="kernel up ${boot_s}s, suite ${cmd_s}s, total ${total}s wall"
+    if [ ${#reasons[@]} -eq 0 ]; then
+        verdict[$s]="PASS ($timing)"
+        return 0
+    fi
+    local IFS=';'
+    verdict[$s]="FAIL: ${reasons[*]} ($timing; logs in $out)"
+    return 1
+}
+
+for s in "${series[@]}"; do
+    run_series "$s" || failed=1
+    echo "[$s] verdict: ${verdict[$s]}"
+done
+echo "== guest-test summary"
+for s in "${series[@]}"; do echo "  $s: ${verdict[$s]}"; done
+exit "$failed"

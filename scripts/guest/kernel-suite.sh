@@ -1,0 +1,30 @@
+#!/bin/bash
+# Guest side of `make test-kernel`: load the freshly built module(s), run the kernel test suite
+# with the host venv's pytest.  Run by OUT/cmd.sh (written by scripts/guest-test.sh) with
+# COLO_REPO, COLO_KO, COLO_OUT, COLO_SERIES exported; arguments go to pytest.
+set -uo pipefail
+cd "$COLO_REPO" || exit 99
+
+echo "guest: loading $COLO_KO"
+if [ ! -f "$COLO_KO" ]; then
+    echo "guest: FAIL: module $COLO_KO missing"
+    exit 90
+fi
+# Dependencies come from the kernel's own (host-depmod'ed) tree; the module itself is insmod'ed
+# from the build directory (no depmod -a in the guest: ~100 s over 9p under TCG).
+deps=$(modinfo -F depends "$COLO_KO" | tr ',' ' ')
+if [ -n "$deps" ] && ! modprobe -a $deps; then
+    echo "guest: FAIL: modprobe of the dependencies ($deps) failed"
+    exit 91
+fi
+if ! insmod "$COLO_KO"; then
+    echo "guest: FAIL: insmod $COLO_KO failed"
+    exit 92
+fi
+grep -E "^$(basename "$COLO_KO" .ko) " /proc/modules
+
+echo "guest: pytest -m kernel tests/kernel $*"
+.venv/bin/python -m pytest -p no:cacheprovider -m kernel \
+    --junitxml="$COLO_OUT/junit.xml" -o junit_suite_name="kernel-$COLO_SERIES" \
+    tests/kernel "$@" 2>&1 | tee "$COLO_OUT/pytest.log"
+exit "${PIPESTATUS[0]}"
