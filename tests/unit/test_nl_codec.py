@@ -1,0 +1,136 @@
+"""The client's message encoding/decoding, without a kernel (pyroute2 both ways)."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from colo_proxy.cli import main
+from colo_proxy.cli.status import render_table
+from colo_proxy.compare.model import ConnKey
+from colo_proxy.compare.model import Reason as EngineReason
+from colo_proxy.errors import ColoError
+from colo_proxy.nl import codec, spec
+from colo_proxy.nl.client import _reason
+from colo_proxy.nl.constants import Cmd, GoneReason, Mode, Reason, State
+from colo_proxy.nl.messages import colo_msg
+from colo_proxy.nl.model import CheckpointRequestEvent, FlowTuple, Node, NodeGoneEvent
+
+
+def _wire(msg: colo_msg) -> colo_msg:
+    msg["header"]["type"] = 0x20
+    msg.encode()
+    back = colo_msg(msg.data)
+    back.decode()
+    return back
+
+
+def _attrs(data: bytes) -> list[tuple[int, bytes]]:
+    """Top-level (type, payload) pairs after the nlmsghdr + genlmsghdr."""
+    out, off = [], 20
+    while off < len(data):
+        length, typ = struct.unpack_from("HH", data, off)
+        out.append((typ, data[off + 4: off + length]))
+        off += (length + 3) & ~3
+    return out
+
+
+def test_request_bytes_follow_the_spec() -> None:
+    msg = codec.request(Cmd.PROXY_INIT, mode=Mode.SECONDARY, index=7)
+    msg["header"]["type"] = 0x20
+    msg.encode()
+    node = spec.packaged().attr_sets["node"].attrs
+    assert msg.data[16] == 1  # genlmsghdr.cmd
+    assert _attrs(msg.data) == [
+        (node["mode"].value, bytes([2])),
+        (node["index"].value, struct.pack("I", 7)),
+    ]
+
+
+def test_absent_attributes_are_not_sent() -> None:
+    msg = codec.request(Cmd.PROXY_INIT, mode=Mode.PRIMARY, index=None)
+    msg["header"]["type"] = 0x20
+    msg.encode()
+    mode = spec.packaged().attr_sets["node"].attrs["mode"].value
+    assert [t for t, _ in _attrs(msg.data)] == [mode]
+
+
+def test_tuple_is_a_flagged_nest_and_round_trips() -> None:
+    flow = FlowTuple.from_addresses(6, "2001:db8::1", "2001:db8::2", sport=80, dport=5555, vlan=7)
+    msg = codec.request(Cmd.REQUEST_CHECKPOINT, index=3, reason=Reason.TIMEOUT, tuple=flow)
+    msg["header"]["type"] = 0x20
+    msg.encode()
+    nests = [(t, p) for t, p in _attrs(msg.data) if t & 0x7FFF == 7]
+    assert len(nests) == 1 and nests[0][0] & 0x8000, "tuple must carry NLA_F_NESTED"
+    back = _wire(codec.request(Cmd.CHECKPOINT_REQUEST, index=3, mode=Mode.PRIMARY,
+                               reason=Reason.TIMEOUT, tuple=flow))
+    event = codec.decode_event(back)
+    assert event == CheckpointRequestEvent(3, Mode.PRIMARY, Reason.TIMEOUT, flow)
+    assert str(event.tuple) == "proto 6 2001:db8::1:80 -> 2001:db8::2:5555 vlan 7"
+
+
+def test_node_gone_event_decodes_stats() -> None:
+    msg = codec.request(Cmd.NODE_GONE, index=9, mode=Mode.SECONDARY,
+                        gone_reason=GoneReason.OWNER_RELEASED)
+    msg["attrs"].append(("COLO_A_NODE_STATS", {"attrs": [
+        ("COLO_A_STATS_CHECKPOINTS", 5), ("COLO_A_STATS_FAILOVERS", 1)]}))
+    event = codec.decode_event(_wire(msg))
+    assert event == NodeGoneEvent(9, Mode.SECONDARY, GoneReason.OWNER_RELEASED,
+                                  {"checkpoints": 5, "failovers": 1})
+
+
+def test_node_decodes_and_unknown_enum_values_survive() -> None:
+    msg = codec.request(Cmd.GET, index=65535, mode=Mode.PRIMARY)
+    msg["attrs"] += [("COLO_A_NODE_STATE", 1), ("COLO_A_NODE_OWNER", 0xDEADBEEF)]
+    node = codec.decode_node(_wire(msg))
+    assert node == Node(65535, Mode.PRIMARY, State.CHECKPOINT_PENDING, 0xDEADBEEF, {})
+    msg = codec.request(Cmd.GET, index=1)
+    msg["attrs"] += [("COLO_A_NODE_MODE", 200)]
+    assert codec.decode_node(_wire(msg)).mode == 200
+    assert codec.decode_event(_wire(codec.request(Cmd.GET, index=1))) is None
+
+
+def test_flow_tuple_from_engine_key() -> None:
+    key = ConnKey(-1, 4, ipaddress.ip_address("10.0.0.1").packed,
+                  ipaddress.ip_address("10.0.0.2").packed, 17, 53, 4000)
+    assert FlowTuple.from_conn_key(key) == FlowTuple(4, 17, key.src, key.dst, 53, 4000, None)
+    with pytest.raises(ValueError, match="only IP"):
+        FlowTuple.from_conn_key(ConnKey(3, 0x0806, b"", b"", 0, 0, 0))
+    with pytest.raises(ValueError, match="families differ"):
+        FlowTuple.from_addresses(6, "10.0.0.1", "::1")
+
+
+def test_engine_reasons_map_onto_kernel_reasons() -> None:
+    for reason in EngineReason:
+        assert _reason(reason).spec_name == reason.value
+    with pytest.raises(ValueError, match="unknown reason"):
+        _reason("bogus")
+
+
+def test_status_table() -> None:
+    assert render_table([]) == "no nodes in this network namespace"
+    text = render_table([Node(2, Mode.SECONDARY, State.FAILED_OVER, 42, {"failovers": 1})])
+    header, row = text.splitlines()
+    assert header.split()[:4] == ["index", "mode", "state", "owner"]
+    assert row.split() == ["2", "secondary", "failed-over", "42", "0", "0", "0", "1", "0"]
+
+
+def test_spec_loader_rejects_garbage(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: colo\nattribute-sets: 3\n")
+    with pytest.raises(ColoError, match="not a valid Generic Netlink spec"):
+        spec.load(bad)
+    with pytest.raises(ColoError, match="cannot read"):
+        spec.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.skipif(Path("/sys/module/nfnetlink_colo").exists(), reason="module is loaded")
+def test_status_without_module_is_one_clear_line() -> None:
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 1
+    assert "module nfnetlink_colo not loaded; run colo-proxy load" in result.output
+    assert "Traceback" not in result.output
