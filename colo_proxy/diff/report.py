@@ -1,0 +1,309 @@
+"""The diff report: per connection, what matched, where it first diverged, and every
+checkpoint the proxy would have requested.  ``Report.as_dict`` is the ``--json``
+schema documented in docs/diff.md."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from ..compare.model import ConnKey, Divergence, Side, format_key
+from .context import Context, decode_context
+from .hexdump import HexRow, hexdump_rows, window
+from .replay import Checkpoint, ConnTally, ReplayResult
+from .streams import Streams
+
+SCHEMA_VERSION = 1
+HEX_WIDTH = 8
+ROWS_BEFORE = 1
+WINDOW_BYTES = 72
+
+
+@dataclass
+class DivergenceReport:
+    source: str
+    """"engine" (from the checkpoint request) or "reassembly" (the streams differ but
+    no request said where)."""
+    reason: str | None
+    time_ms: float | None
+    engine_offset: int | None
+    offset: int | None
+    """Offset in the primary's reassembled stream (None if it could not be located)."""
+    secondary_offset: int | None
+    primary_bytes: bytes
+    secondary_bytes: bytes
+    rows: list[HexRow]
+    primary_context: Context | None
+    secondary_context: Context | None
+
+    def differing_offsets(self) -> list[int]:
+        return [row.primary_offset + i for row in self.rows for i, d in enumerate(row.diff) if d]
+
+    def as_dict(self) -> dict[str, object]:
+        def hexwin(side: Side) -> str:
+            cells: list[str] = []
+            for row in self.rows:
+                data = row.primary if side == Side.PRIMARY else row.secondary
+                cells.extend("--" if b is None else f"{b:02x}" for b in data)
+            return "".join(cells)
+
+        return {
+            "source": self.source,
+            "reason": self.reason,
+            "time_ms": _ms(self.time_ms),
+            "engine_offset": self.engine_offset,
+            "offset": self.offset,
+            "secondary_offset": self.secondary_offset,
+            "primary_bytes": self.primary_bytes.hex(),
+            "secondary_bytes": self.secondary_bytes.hex(),
+            "window": {
+                "primary_offset": self.rows[0].primary_offset if self.rows else None,
+                "secondary_offset": self.rows[0].secondary_offset if self.rows else None,
+                "primary": hexwin(Side.PRIMARY),
+                "secondary": hexwin(Side.SECONDARY),
+                "differing_offsets": self.differing_offsets(),
+            },
+            "context": {
+                "primary": self.primary_context.as_dict() if self.primary_context else None,
+                "secondary": self.secondary_context.as_dict() if self.secondary_context else None,
+            },
+        }
+
+
+@dataclass
+class ConnReport:
+    key: ConnKey
+    paired_from: ConnKey | None
+    frames: list[int]
+    bytes: list[int]
+    matched_frames: int
+    matched_bytes: int
+    tally: ConnTally
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    first_divergence: DivergenceReport | None = None
+    stream_first_difference: int | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.checkpoints) or self.first_divergence is not None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "connection": format_key(self.key),
+            "key": key_dict(self.key),
+            "paired_from": format_key(self.paired_from) if self.paired_from else None,
+            "primary": {"frames": self.frames[0], "bytes": self.bytes[0]},
+            "secondary": {"frames": self.frames[1], "bytes": self.bytes[1]},
+            "matched": {"frames": self.matched_frames, "bytes": self.matched_bytes},
+            "released": {"compared": self.tally.released,
+                         "checkpoint": self.tally.released_by_checkpoint},
+            "dropped": dict(sorted(self.tally.dropped.items())),
+            "first_divergence": self.first_divergence.as_dict() if self.first_divergence else None,
+            "stream_first_difference": self.stream_first_difference,
+            "checkpoints": [checkpoint_dict(c) for c in self.checkpoints],
+        }
+
+
+@dataclass
+class CaptureInfo:
+    path: str
+    format: str
+    frames: int
+    vm_frames: int
+    start: float
+    duration_ms: float
+    truncated: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"path": self.path, "format": self.format, "frames": self.frames,
+                "vm_output_frames": self.vm_frames, "first_frame_time": self.start,
+                "duration_ms": _ms(self.duration_ms), "truncated_frames": self.truncated}
+
+
+@dataclass
+class Report:
+    primary: CaptureInfo
+    secondary: CaptureInfo
+    vm: dict[str, object]
+    config: dict[str, object]
+    checkpoint_latency_ms: float
+    rewritten: int
+    connections: list[ConnReport]
+    checkpoints: list[Checkpoint]
+    suppressed: int
+    checkpoints_done: int
+    counters: dict[str, object]
+    still_held: int
+
+    def vm_addresses(self) -> list[str]:
+        out: list[str] = []
+        for name in ("ips", "macs"):
+            value = self.vm.get(name)
+            if isinstance(value, list):
+                out.extend(str(v) for v in value)
+        return out
+
+    def reasons(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.checkpoints:
+            out[str(c.request.reason)] = out.get(str(c.request.reason), 0) + 1
+        return out
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "primary": self.primary.as_dict(),
+            "secondary": self.secondary.as_dict(),
+            "vm": self.vm,
+            "replay": {"checkpoint_latency_ms": self.checkpoint_latency_ms,
+                       "config": self.config, "secondary_frames_rewritten": self.rewritten},
+            "summary": {
+                "connections": len(self.connections),
+                "connections_diverged": sum(1 for c in self.connections if c.diverged),
+                "frames_matched": sum(c.matched_frames for c in self.connections),
+                "bytes_matched": sum(c.matched_bytes for c in self.connections),
+                "checkpoints": len(self.checkpoints),
+                "checkpoints_by_reason": self.reasons(),
+                "requests_suppressed": self.suppressed,
+                "checkpoints_done": self.checkpoints_done,
+                "frames_never_decided": self.still_held,
+            },
+            "connections": [c.as_dict() for c in self.connections],
+            "checkpoints": [checkpoint_dict(c) for c in self.checkpoints],
+            "engine_counters": self.counters,
+        }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def key_dict(key: ConnKey) -> dict[str, object]:
+    ip = key.l3 in (4, 6)
+    return {
+        "vlan": key.vlan if key.vlan >= 0 else None,
+        "l3": key.l3,
+        "src": str(ipaddress.ip_address(key.src)) if ip and key.src else None,
+        "dst": str(ipaddress.ip_address(key.dst)) if ip and key.dst else None,
+        "proto": key.proto,
+        "sport": key.sport,
+        "dport": key.dport,
+        "fragments": key.frag,
+    }
+
+
+def checkpoint_dict(c: Checkpoint) -> dict[str, object]:
+    r = c.request
+    trig = c.trigger
+    return {
+        "time_ms": _ms(c.time_ms),
+        "engine_time_ms": _ms(r.time_ms),
+        "done_ms": _ms(c.done_ms),
+        "reason": str(r.reason),
+        "connection": format_key(r.key) if r.key is not None else None,
+        "detail": r.detail,
+        "engine_offset": r.divergence.offset if r.divergence else None,
+        "trigger": None if trig is None else {"side": str(trig.side), "frame": trig.index},
+    }
+
+
+def locate(data: bytes, needle: bytes, offset: int) -> int | None:
+    """Where the engine's divergence bytes sit in a reassembled stream.
+
+    The engine's offset is relative to the connection's last re-base point, so the
+    bytes are at ``offset`` or later."""
+    if not needle:
+        return offset if 0 <= offset <= len(data) else None
+    if data.startswith(needle, offset):
+        return offset
+    pos = data.find(needle, max(0, offset))
+    return pos if pos >= 0 else None
+
+
+def first_difference(a: bytes, b: bytes) -> int | None:
+    n = min(len(a), len(b))
+    for start in range(0, n, 4096):
+        if a[start:start + 4096] != b[start:start + 4096]:
+            for i in range(start, min(n, start + 4096)):
+                if a[i] != b[i]:
+                    return i
+    return None if len(a) == len(b) else n
+
+
+def build_divergence(key: ConnKey, streams: Streams, checkpoint: Checkpoint | None,
+                     fallback_offset: int | None) -> DivergenceReport | None:
+    """Hexdump and decoded context for the engine's divergence (or the streams' first
+    difference when no request carried one)."""
+    d: Divergence | None = checkpoint.request.divergence if checkpoint else None
+    inc = checkpoint.incarnations if checkpoint else (0, 0)
+    pstream = streams.get(key, Side.PRIMARY, inc[0] if inc[0] >= 0 else -1)
+    sstream = streams.get(key, Side.SECONDARY, inc[1] if inc[1] >= 0 else -1)
+    pdata, phave = pstream.assemble() if pstream else (b"", b"")
+    sdata, shave = sstream.assemble() if sstream else (b"", b"")
+    if d is not None:
+        p_at = locate(pdata, d.primary, d.offset) if pstream else None
+        s_at = locate(sdata, d.secondary, d.offset) if sstream else None
+        if p_at is None and s_at is not None:
+            p_at = s_at
+        if s_at is None and p_at is not None and sstream:
+            s_at = p_at
+        source = "engine"
+        assert checkpoint is not None
+        reason: str | None = str(checkpoint.request.reason)
+        time: float | None = checkpoint.time_ms
+        pbytes, sbytes = d.primary, d.secondary
+    elif fallback_offset is not None:
+        p_at = s_at = fallback_offset
+        source, reason, time = "reassembly", None, None
+        pbytes, sbytes = pdata[p_at:p_at + 64], sdata[s_at:s_at + 64]
+    else:
+        return None
+    if p_at is not None and s_at is not None:
+        p_start = max(0, (p_at // HEX_WIDTH - ROWS_BEFORE) * HEX_WIDTH)
+        s_start = s_at - (p_at - p_start)
+        if s_start < 0:
+            p_start, s_start = p_start - s_start, 0
+        rows = hexdump_rows(window(pdata, phave, p_start, p_start + WINDOW_BYTES),
+                            window(sdata, shave, s_start, s_start + WINDOW_BYTES),
+                            p_start, s_start, HEX_WIDTH)
+        pctx = decode_context(pdata, p_at, sdata, s_at)
+        sctx = decode_context(sdata, s_at, pdata, p_at)
+    else:  # not TCP, or not reassembled: what the engine reported
+        assert d is not None
+        rows = hexdump_rows(list(d.primary), list(d.secondary), d.offset, d.offset, HEX_WIDTH)
+        pctx = decode_context(d.primary, 0, d.secondary, 0)
+        sctx = decode_context(d.secondary, 0, d.primary, 0)
+    return DivergenceReport(source, reason, time, d.offset if d else None, p_at, s_at,
+                            pbytes, sbytes, rows, pctx, sctx)
+
+
+def build_report(result: ReplayResult, *, primary: CaptureInfo, secondary: CaptureInfo,
+                 vm: dict[str, object], config: dict[str, object], latency: float,
+                 rewritten: int, paired_from: dict[ConnKey, ConnKey], suppressed: int,
+                 checkpoints_done: int, counters: dict[str, object]) -> Report:
+    conns: list[ConnReport] = []
+    by_key: dict[ConnKey, ConnReport] = {}
+    for key, tally in sorted(result.tallies.items(), key=lambda kv: kv[1].first_time_ms):
+        stats = result.engine_stats.get(key)
+        if stats is not None:
+            mframes, mbytes = stats.frames_matched, stats.bytes_matched
+        else:
+            mframes, mbytes = tally.dropped.get("matched", 0), tally.matched_bytes
+        conn = ConnReport(key, paired_from.get(key), tally.frames, tally.bytes,
+                          mframes, mbytes, tally)
+        conns.append(conn)
+        by_key[key] = conn
+    for c in result.checkpoints:
+        if c.request.key is not None and c.request.key in by_key:
+            by_key[c.request.key].checkpoints.append(c)
+    for conn in conns:
+        pstream = result.streams.get(conn.key, Side.PRIMARY, 0)
+        sstream = result.streams.get(conn.key, Side.SECONDARY, 0)
+        if pstream and sstream:
+            conn.stream_first_difference = first_difference(pstream.assemble()[0],
+                                                             sstream.assemble()[0])
+        first = next((c for c in conn.checkpoints if c.request.divergence is not None), None)
+        fallback = conn.stream_first_difference if conn.checkpoints else None
+        conn.first_divergence = build_divergence(conn.key, result.streams, first, fallback)
+    return Report(primary, secondary, vm, config, latency, rewritten, conns,
+                  result.checkpoints, suppressed, checkpoints_done, counters, result.still_held)
