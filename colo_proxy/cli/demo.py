@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import click
 
-from ..errors import ColoError
+from ..demo.datapaths import DATAPATHS
 
 
 @click.command()
-def demo() -> None:
-    """Run the namespace demo (not yet available)."""
-    raise ColoError("demo: not yet available (issue: userspace datapaths and demo)")
+@click.option("--duration", type=click.FloatRange(min=1.0), default=20.0, show_default=True,
+              help="Seconds of traffic.")
+@click.option("--datapath", type=click.Choice(sorted(DATAPATHS)), default="nfqueue",
+              show_default=True, help="Which datapath protects the traffic.")
+@click.option("--prefix", default="colo", show_default=True,
+              help="Namespace name prefix (<prefix>-client, -phost, -pvm, -shost, -svm).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable summary on stdout (the view goes to stderr).")
+@click.option("--live/--plain", "live", default=None,
+              help="Rich live view or plain progress lines [default: live on a terminal].")
+@click.option("--token-interval", type=click.FloatRange(min=0.0), default=2.0,
+              show_default=True, help="Seconds between /session (random token) requests; 0: none.")
+def demo(*, duration: float, datapath: str, prefix: str, as_json: bool, live: bool | None,
+         token_interval: float) -> None:
+    """COLO output comparison protecting real HTTP traffic between namespaces (root).
+
+    Builds client, primary host, PVM, secondary host and SVM namespaces, runs the
+    same HTTP service in the PVM and the SVM, the chosen datapath in the primary
+    host, and an HTTP client; shows a live view, then explains every checkpoint.
+    """
+    from ..demo.session import DemoOptions, run_demo
+
+    run_demo(DemoOptions(duration=duration, datapath=datapath, prefix=prefix,
+                         as_json=as_json, live=live, token_interval=token_interval))
 
 
 COMMANDS = [demo]

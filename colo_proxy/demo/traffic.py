@@ -50,15 +50,23 @@ class RequestResult:
     token: str | None = None
     token_span: tuple[int, int] | None = None
     """[start, end) of the token in the server's stream of this connection."""
+    response: str | None = None
+    """Token requests only: the response as received (latin-1), i.e. the primary's
+    stream from offset ``stream_pos``: context for the divergence report."""
+    stream_pos: int = 0
 
 
-def _head_length(resp: http.client.HTTPResponse) -> int:
-    """Bytes of status line and headers as the server sent them (it writes
-    ``Name: value`` lines, which ``http.client`` keeps verbatim)."""
+def _head_text(resp: http.client.HTTPResponse) -> str:
+    """Status line and headers as the server sent them (it writes ``Name: value``
+    lines, which ``http.client`` keeps verbatim)."""
     version = "HTTP/1.1" if resp.version == 11 else "HTTP/1.0"
     head = f"{version} {resp.status} {resp.reason}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in resp.msg.items())
-    return len(head.encode("latin-1")) + 2
+    return head + "\r\n"
+
+
+def _head_length(resp: http.client.HTTPResponse) -> int:
+    return len(_head_text(resp).encode("latin-1"))
 
 
 class Driver:
@@ -99,6 +107,8 @@ class Driver:
                 result.token = match.group(1).decode()
                 start = stream_pos + head + match.start(1)
                 result.token_span = (start, start + len(match.group(1)))
+                result.response = (_head_text(resp) + body.decode("latin-1"))
+                result.stream_pos = stream_pos
             usable = not resp.will_close
         except (OSError, http.client.HTTPException) as exc:
             result.error = f"{type(exc).__name__}: {exc}".rstrip(": ")

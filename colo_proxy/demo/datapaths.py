@@ -1,0 +1,24 @@
+"""How the demo starts each datapath.  Only ``nfqueue`` exists for now; a kernel
+datapath slots in as another entry of ``DATAPATHS`` (same event stream)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..topology import Topology
+
+CLI = [sys.executable, "-c", "from colo_proxy.cli import main; main()"]
+"""``colo-proxy`` of this very interpreter (works from a venv and from a checkout)."""
+
+
+def nfqueue_argv(topo: Topology, stats_interval: float) -> list[str]:
+    return [*CLI, "run", "--datapath", "nfqueue", "--netns", topo.phost,
+            "--events", "-", "--stats-interval", str(stats_interval)]
+
+
+DATAPATHS: dict[str, Callable[[Topology, float], list[str]]] = {
+    "nfqueue": nfqueue_argv,
+}

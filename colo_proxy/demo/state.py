@@ -1,0 +1,144 @@
+"""Everything the demo learned so far: the driver's requests and the datapath's
+events, merged under one lock (reader threads write, the view and summary read)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import (
+    CheckpointDone,
+    CheckpointRequested,
+    Event,
+    Exit,
+    LogLine,
+    Ready,
+    Stats,
+)
+
+_KEY_RE = re.compile(r"^(\w[\w-]*) (\S+):(\d+) -> (\S+):(\d+)")
+
+
+def key_ports(key: str | None) -> tuple[int, int] | None:
+    """(source port, destination port) of a connection key's text form."""
+    match = _KEY_RE.match(key or "")
+    if match is None:
+        return None
+    return int(match.group(3)), int(match.group(5))
+
+
+@dataclass
+class ConnView:
+    """The largest figures seen for one connection key over all stats events."""
+
+    key: str
+    frames_matched: int = 0
+    bytes_matched: int = 0
+    held_primary: int = 0
+    held_secondary: int = 0
+    checkpoint_requests: int = 0
+    last_seen: float = 0.0
+
+
+@dataclass
+class DemoState:
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    driver_done: dict[str, Any] | None = None
+    driver_log: list[str] = field(default_factory=list)
+    ready: bool = False
+    stats: Stats | None = None
+    conns: dict[str, ConnView] = field(default_factory=dict)
+    checkpoints: list[CheckpointRequested] = field(default_factory=list)
+    flushes: list[CheckpointDone] = field(default_factory=list)
+    exit_reason: str | None = None
+    datapath_log: list[str] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def on_datapath_event(self, event: Event) -> None:
+        with self.lock:
+            match event:
+                case Ready():
+                    self.ready = True
+                case Stats():
+                    self.stats = event
+                    for conn in event.connections:
+                        self._merge_conn(conn, event.t)
+                case CheckpointRequested():
+                    self.checkpoints.append(event)
+                case CheckpointDone():
+                    self.flushes.append(event)
+                case Exit():
+                    self.exit_reason = event.reason
+                case LogLine():
+                    self.datapath_log.append(event.text)
+
+    def _merge_conn(self, conn: dict[str, Any], t: float) -> None:
+        key = str(conn.get("key", "?"))
+        view = self.conns.setdefault(key, ConnView(key))
+        for name in ("frames_matched", "bytes_matched", "checkpoint_requests"):
+            value = conn.get(name)
+            if isinstance(value, int):
+                setattr(view, name, max(getattr(view, name), value))
+        for name in ("held_primary", "held_secondary"):
+            value = conn.get(name)
+            if isinstance(value, int):
+                setattr(view, name, value)
+        view.last_seen = t
+
+    def on_driver_line(self, line: str) -> None:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        with self.lock:
+            if isinstance(obj, dict) and obj.get("event") == "request":
+                self.requests.append(obj)
+            elif isinstance(obj, dict) and obj.get("event") == "done":
+                self.driver_done = obj
+            else:
+                self.driver_log.append(line)
+
+    def snapshot(self) -> DemoSnapshot:
+        """A consistent copy for rendering."""
+        with self.lock:
+            return DemoSnapshot(
+                elapsed=self.elapsed(), ready=self.ready, requests=list(self.requests),
+                stats=self.stats, conns=dict(self.conns), checkpoints=list(self.checkpoints),
+                flushes=list(self.flushes), exit_reason=self.exit_reason)
+
+
+@dataclass
+class DemoSnapshot:
+    elapsed: float
+    ready: bool
+    requests: list[dict[str, Any]]
+    stats: Stats | None
+    conns: dict[str, ConnView]
+    checkpoints: list[CheckpointRequested]
+    flushes: list[CheckpointDone]
+    exit_reason: str | None
+
+    def counter(self, name: str) -> Any:
+        return self.stats.counters.get(name) if self.stats else None
+
+    @property
+    def requests_ok(self) -> int:
+        return sum(1 for r in self.requests if r.get("ok"))
+
+    @property
+    def requests_failed(self) -> int:
+        return sum(1 for r in self.requests if not r.get("ok"))
+
+    def reasons(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for cp in self.checkpoints:
+            out[cp.reason] = out.get(cp.reason, 0) + 1
+        return out
