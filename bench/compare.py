@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Compare engine vs QEMU colo-compare: throughput, CPU per pair, memory.
+
+Usage: .venv/bin/python bench/compare.py [--quick] [--reps N] [--pairs N]
+
+(a) our Engine, in this process, over synthetic streams (TCP 1400 B, TCP 64 B,
+    UDP 64 B over 1000 flows): process CPU time per pair;
+(b) QEMU's colo-compare (qemu-system-x86_64 -M none, fresh process per run) fed
+    the same frames over its loopback TCP chardevs, pipelined with at most 256
+    pairs in flight, released frames read from outdev: QEMU's CPU from
+    /proc/PID/stat per pair.
+Repetitions are interleaved (engine, QEMU, engine, QEMU, ...) so both see the
+same machine load.  Then memory: tracemalloc bytes of engine state per tracked
+connection, and peak RSS of a fresh process tracking 100k connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    Result,
+    Series,
+    bench_config,
+    framed_batches,
+    machine_line,
+    print_table,
+    run_engine,
+    run_qemu,
+    tcp_connections,
+    workloads,
+)
+
+from colo_proxy.compare.engine import Engine
+from colo_proxy.compare.model import Side
+
+
+def throughput(pairs: int, reps: int) -> None:
+    wls = workloads(pairs)
+    batches = {wl.name: framed_batches(wl) for wl in wls}
+    engine = {wl.name: Series() for wl in wls}
+    qemu = {wl.name: Series() for wl in wls}
+    for rep in range(reps):
+        for wl in wls:
+            for name, runner, series in (("engine", None, engine), ("qemu", run_qemu, qemu)):
+                res: Result = run_engine(wl) if runner is None else runner(wl, batches[wl.name])
+                series[wl.name].results.append(res)
+                print(f"  rep {rep + 1}/{reps} {wl.name:22s} {name:6s} "
+                      f"{res.released}/{res.pairs} released, {res.rate:9.0f} pairs/s, "
+                      f"{res.cpu_us:6.2f} CPU us/pair", file=sys.stderr, flush=True)
+    rows = []
+    for wl in wls:
+        e, q = engine[wl.name], qemu[wl.name]
+        e_cpu, q_cpu = e.median(lambda r: r.cpu_us), q.median(lambda r: r.cpu_us)
+        e_rate, q_rate = e.median(lambda r: r.rate), q.median(lambda r: r.rate)
+        lost = sum(r.pairs - r.released for r in e.results + q.results)
+        rows.append([
+            wl.name,
+            f"{e_rate / 1000:.1f}k ({e.span(lambda r: r.rate / 1000, '.0f')}k)",
+            f"{q_rate / 1000:.1f}k ({q.span(lambda r: r.rate / 1000, '.0f')}k)",
+            f"{e_cpu:.2f} ({e.span(lambda r: r.cpu_us, '.2f')})",
+            f"{q_cpu:.2f} ({q.span(lambda r: r.cpu_us, '.2f')})",
+            f"{e_cpu / q_cpu:.2f}x",
+            str(lost),
+        ])
+    print_table(
+        f"Throughput: {pairs} pairs per run, {reps} interleaved reps, median (min-max)",
+        ["workload", "engine pairs/s", "QEMU pairs/s", "engine CPU us/pair",
+         "QEMU CPU us/pair", "CPU ratio engine/QEMU", "frames lost"],
+        rows)
+
+
+def state_per_connection(conns: int) -> float:
+    """tracemalloc bytes held by the engine per connection with one matched pair each."""
+    make = tcp_connections()
+    frames = [make(i) for i in range(conns)]
+    tracemalloc.start()
+    engine = Engine(bench_config())
+    base = tracemalloc.get_traced_memory()[0]
+    now = time.monotonic() * 1000.0
+    for p, s in frames:
+        engine.push(Side.PRIMARY, p, now, None)
+        engine.push(Side.SECONDARY, s, now, None)
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    tracked = engine.stats.connections_now or conns
+    del engine
+    return used / tracked
+
+
+def rss_child(conns: int) -> None:
+    """Run in a fresh process: track ``conns`` connections, print RSS numbers."""
+    make = tcp_connections()
+    engine = Engine(bench_config())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    now = time.monotonic() * 1000.0
+    for i in range(conns):
+        p, s = make(i)
+        engine.push(Side.PRIMARY, p, now, None)
+        engine.push(Side.SECONDARY, s, now, None)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"{before} {peak} {engine.stats.connections_now}")
+
+
+def memory(conns_traced: int, conns_rss: int) -> None:
+    per_conn = state_per_connection(conns_traced)
+    out = subprocess.run([sys.executable, __file__, "--rss-child", str(conns_rss)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    before, peak, tracked = (int(x) for x in out)
+    print_table(
+        "Memory (engine state; TCP connections with one matched 64 B pair each)",
+        ["measure", "value"],
+        [["tracemalloc bytes per tracked connection", f"{per_conn:.0f} B ({conns_traced} conns)"],
+         [f"peak RSS, fresh process, {conns_rss} connections", f"{peak / 2**20:.1f} MiB"],
+         ["  of which before the first frame", f"{before / 2**20:.1f} MiB"],
+         ["  connections the engine reports tracked", str(tracked)]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: small and 1 rep")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=20000, help="pairs per run")
+    parser.add_argument("--rss-conns", type=int, default=100_000)
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child)
+        return
+    if args.quick:
+        args.reps, args.pairs, args.rss_conns = 1, 2000, 5000
+    print(f"# bench/compare.py{' --quick' if args.quick else ''}: {machine_line()}")
+    throughput(args.pairs, args.reps)
+    memory(min(10_000, args.rss_conns), args.rss_conns)
+
+
+if __name__ == "__main__":
+    main()
