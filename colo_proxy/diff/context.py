@@ -49,7 +49,7 @@ def _http_locate(stream: bytes, offset: int) -> tuple[str, str] | None:
     """(kind, label) if ``offset`` falls in an HTTP/1.x message of ``stream``."""
     start = -1
     number = 0
-    for m in _HTTP_START.finditer(stream, 0, offset + 1):
+    for m in _HTTP_START.finditer(stream):
         if m.start(1) > offset:
             break
         start = m.start(1)
