@@ -72,13 +72,20 @@ class OpDef:
     name: str
     value: int
     attr_set: str
-    admin: bool
+    perm: str | None
+    """``admin-perm`` (CAP_NET_ADMIN in the initial user namespace), ``uns-admin-perm``
+    (CAP_NET_ADMIN in the user namespace owning the netns) or None."""
     do_request: tuple[str, ...] | None = None
     do_reply: tuple[str, ...] | None = None
     dump: bool = False
     dump_reply: tuple[str, ...] | None = None
     event: tuple[str, ...] | None = None
     mcgrp: str | None = None
+
+    @property
+    def admin(self) -> bool:
+        """Needs CAP_NET_ADMIN (in some user namespace)."""
+        return self.perm is not None
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,8 @@ def _op(raw: dict[str, Any], value: int, default_set: str | None) -> OpDef:
         name=str(raw["name"]),
         value=value,
         attr_set=str(raw.get("attribute-set", default_set)),
-        admin="admin-perm" in (raw.get("flags") or []),
+        perm=next((f for f in ("uns-admin-perm", "admin-perm") if f in (raw.get("flags") or [])),
+                  None),
         do_request=_attr_list(do, "request"),
         do_reply=_attr_list(do, "reply"),
         dump=dump is not None,

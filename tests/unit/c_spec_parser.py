@@ -19,7 +19,24 @@ class CParseError(Exception):
 
 def strip_comments(text: str) -> str:
     text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    return re.sub(r"//[^\n]*", " ", text)
+    text = re.sub(r"//[^\n]*", " ", text)
+    return text.replace("\\\n", " ")  # join macro continuation lines
+
+
+def object_macros(text: str) -> dict[str, str]:
+    """Object-like #defines (no parameters), bodies on one line after strip_comments."""
+    return {name: body.strip() for name, body in
+            re.findall(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(?![\w(])[ \t]*(.*)$", text, flags=re.M)}
+
+
+def expand(text: str, macros: dict[str, str]) -> str:
+    """Expand object-like macros in ``text`` (repeatedly, for nested macros)."""
+    for _ in range(10):
+        new = re.sub(r"\b[A-Za-z_]\w*\b", lambda m: macros.get(m.group(0), m.group(0)), text)
+        if new == text:
+            return new
+        text = new
+    raise CParseError("macro expansion does not terminate")
 
 
 def _eval(expr: str, names: dict[str, int]) -> int:
@@ -108,11 +125,32 @@ def _split_top(text: str) -> list[str]:
     return parts
 
 
-def _policy_entry(attr: str, expr: str, hdr: Header) -> PolicyEntry:
+def range_validations(text: str, hdr: Header) -> dict[str, tuple[int | None, int | None]]:
+    """``struct netlink_range_validation NAME = { .min = A, .max = B };`` -> (A, B)."""
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for name, body in re.findall(
+        r"struct\s+netlink_range_validation(?:_signed)?\s+(\w+)[^=;{]*=\s*\{(.*?)\}", text,
+        flags=re.S,
+    ):
+        fields = dict(re.findall(r"\.(min|max)\s*=\s*([^,}]+)", body))
+        out[name] = tuple(  # type: ignore[assignment]
+            _eval(fields[k], hdr.values) if k in fields else None for k in ("min", "max")
+        )
+    return out
+
+
+def _policy_entry(attr: str, expr: str, hdr: Header,
+                  ranges: dict[str, tuple[int | None, int | None]]) -> PolicyEntry:
     expr = " ".join(expr.split())
     m = re.fullmatch(r"NLA_POLICY_(\w+)\((.*)\)", expr)
     if m:
         kind, args = m.group(1), _split_top(m.group(2))
+        if kind == "FULL_RANGE":
+            name = args[1].lstrip("&").strip()
+            if name not in ranges:
+                raise CParseError(f"range validation {name} of {attr} not found")
+            lo, hi = ranges[name]
+            return PolicyEntry(attr, args[0], min=lo, max=hi)
         if kind == "NESTED":
             return PolicyEntry(attr, "NLA_NESTED", nested=args[0])
         if kind == "RANGE":
@@ -157,16 +195,19 @@ def _array(struct: str) -> str:
 def parse_policies(text: str, hdr: Header) -> dict[str, dict[str, PolicyEntry]]:
     """``static const struct nla_policy NAME[...] = { [ATTR] = ..., };`` tables."""
     text = strip_comments(text)
+    ranges = range_validations(text, hdr)
+    macros = object_macros(text)
+    text = re.sub(r"^[ \t]*#.*$", "", text, flags=re.M)
     tables: dict[str, dict[str, PolicyEntry]] = {}
     for name, body in re.findall(
         r"struct\s+nla_policy\s+(\w+)\s*\[[^\]]*\]\s*=\s*\{(.*?)\n\s*\}\s*;", text, flags=re.S
     ):
         entries: dict[str, PolicyEntry] = {}
-        for item in _split_top(body):
+        for item in _split_top(expand(body, macros)):
             m = re.fullmatch(r"\[\s*(\w+)\s*\]\s*=\s*(.+)", item, flags=re.S)
             if not m:
                 raise CParseError(f"policy {name}: cannot read {item!r}")
-            entries[m.group(1)] = _policy_entry(m.group(1), m.group(2), hdr)
+            entries[m.group(1)] = _policy_entry(m.group(1), m.group(2), hdr, ranges)
         tables[name] = entries
     return tables
 
@@ -174,7 +215,8 @@ def parse_policies(text: str, hdr: Header) -> dict[str, dict[str, PolicyEntry]]:
 @dataclass
 class OpEntry:
     cmd: str
-    admin: bool
+    perm: str | None
+    """GENL_ADMIN_PERM, GENL_UNS_ADMIN_PERM or None"""
     doit: bool
     dumpit: bool
     policy: str | None
@@ -197,7 +239,8 @@ def parse_ops(text: str) -> list[OpEntry]:
                 continue
             ops.append(OpEntry(
                 cmd=fields["cmd"],
-                admin="GENL_ADMIN_PERM" in fields.get("flags", ""),
+                perm=next((f for f in ("GENL_UNS_ADMIN_PERM", "GENL_ADMIN_PERM")
+                           if re.search(rf"\b{f}\b", fields.get("flags", ""))), None),
                 doit="doit" in fields,
                 dumpit="dumpit" in fields,
                 policy=fields.get("policy"),

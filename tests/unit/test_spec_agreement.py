@@ -176,15 +176,16 @@ def _policy_for_set(policies: dict[str, dict[str, PolicyEntry]], set_name: str,
 def test_policies(yspec: Spec, header: Header, csource: str) -> None:
     policies = parse_policies(csource, header)
     assert policies, "no nla_policy table found in the module sources"
+    requested = {a for op in yspec.ops.values() for a in (op.do_request or ())}
     request_sets = {"node"}
-    for attr in yspec.attr_sets["node"].attrs.values():
+    for name in requested:
+        attr = yspec.attr_sets["node"].attrs[name]
         if attr.type == "nest":
             request_sets.add(str(attr.nested))
     for set_name in sorted(request_sets):
         aset = yspec.attr_sets[set_name]
         tables = _policy_for_set(policies, set_name)
         assert tables, f"no nla_policy table for attribute set {set_name}"
-        requested = {a for op in yspec.ops.values() for a in (op.do_request or ())}
         for tname, table in tables.items():
             for cname, entry in table.items():
                 attr = next((a for a in aset.attrs.values()
@@ -194,27 +195,42 @@ def test_policies(yspec: Spec, header: Header, csource: str) -> None:
                 if attr.type == "nest":
                     nested = _policy_for_set(policies, str(attr.nested))
                     assert entry.nested in nested, f"{tname}[{cname}] nests {entry.nested}"
-            # every attribute a request may carry is validated
-            wanted = requested if set_name == "node" else set(aset.attrs) - {"pad"}
-            for name in wanted:
-                cname = c_ident("colo-a", set_name, name)
-                assert cname in table, f"{tname}: no policy for {cname}"
+        # every attribute a request may carry is validated by some table
+        wanted = requested if set_name == "node" else set(aset.attrs) - {"pad"}
+        covered = {c for table in tables.values() for c in table}
+        for name in wanted:
+            cname = c_ident("colo-a", set_name, name)
+            assert cname in covered, f"no nla_policy entry for {cname}"
+
+
+C_PERMS = {"admin-perm": "GENL_ADMIN_PERM", "uns-admin-perm": "GENL_UNS_ADMIN_PERM", None: None}
 
 
 def test_ops_table(yspec: Spec, header: Header, csource: str) -> None:
     ops = parse_ops(csource)
     assert ops, "no genl_ops table found in the module sources"
-    by_cmd: dict[str, list[bool]] = {}
+    got = {}
     for op in ops:
-        entry = by_cmd.setdefault(op.cmd, [False, False, False])
-        entry[0] = entry[0] or op.admin
-        entry[1] = entry[1] or op.doit
-        entry[2] = entry[2] or op.dumpit
+        assert op.cmd not in got, f"{op.cmd} listed twice (split do/dump ops are not expected)"
+        got[op.cmd] = (op.perm, op.doit, op.dumpit)
     expected = {
-        c_ident("colo-cmd", o.name): [o.admin, o.do_request is not None, o.dump]
+        c_ident("colo-cmd", o.name): (C_PERMS[o.perm], o.do_request is not None, o.dump)
         for o in yspec.commands.values()
     }
-    assert by_cmd == expected
+    assert got == expected
+
+
+def test_each_op_accepts_exactly_its_request_attributes(
+    yspec: Spec, header: Header, csource: str
+) -> None:
+    """Per-op policies: an attribute colo.yaml does not list for an op is rejected."""
+    policies = parse_policies(csource, header)
+    for op in parse_ops(csource):
+        if op.policy is None:
+            continue  # family-wide policy: covered by test_policies
+        name = next(o for o in yspec.commands.values() if c_ident("colo-cmd", o.name) == op.cmd)
+        wanted = {c_ident("colo-a", "node", a) for a in (name.do_request or ())}
+        assert set(policies[op.policy]) == wanted, f"{op.cmd} policy {op.policy}"
 
 
 def test_family_and_groups(yspec: Spec, header: Header, csource: str) -> None:
