@@ -38,6 +38,17 @@ done
 
 declare -A verdict
 failed=0
+runner=
+# On Ctrl-C / SIGTERM: stop the QEMU runner (it kills QEMU) before exiting.
+on_signal() {
+    if [ -n "$runner" ]; then
+        kill -TERM "$runner" 2>/dev/null
+        wait "$runner" 2>/dev/null
+    fi
+    echo "guest-test: interrupted" >&2
+    exit 130
+}
+trap on_signal INT TERM HUP
 
 # Prints why SERIES cannot run, or nothing.
 check_inputs() {
@@ -82,10 +93,19 @@ run_series() {
     } >"$out/cmd.sh"
 
     echo "${p}booting $kver under QEMU TCG (timeout ${timeout_s}s)"
-    LOG_PREFIX="$p" "$here/guest/run-qemu.sh" "$k/root/boot/vmlinuz-$kver" "$initrd" "$out" "$timeout_s" \
-        "colo.stage2=$here/guest/stage2.sh" "colo.modroot=$(realpath "$k/root/lib/modules")" \
-        "colo.out=$(realpath "$out")"
+    local args=("$k/root/boot/vmlinuz-$kver" "$initrd" "$out" "$timeout_s"
+                "colo.stage2=$here/guest/stage2.sh" "colo.modroot=$(realpath "$k/root/lib/modules")"
+                "colo.out=$(realpath "$out")")
+    if [ "${GUEST_INTERACTIVE:-0}" = 1 ]; then
+        "$here/guest/run-qemu.sh" "${args[@]}"
+    else
+        # In the background so that a signal to this script reaches the trap below at once.
+        LOG_PREFIX="$p" "$here/guest/run-qemu.sh" "${args[@]}" &
+        runner=$!
+        wait "$runner"
+    fi
     local qrc=$? total=$((SECONDS - t0)) reasons=() rc=
+    runner=
     [ "$qrc" -eq 130 ] && exit 130
     [ "$qrc" -eq 124 ] && reasons+=("guest timed out after ${timeout_s}s")
     if [ -f "$out/rc" ]; then
