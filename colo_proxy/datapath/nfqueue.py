@@ -80,9 +80,12 @@ class _Queue:
         self.number = number
         self.nfq = NetfilterQueue()
         self.sink = sink
+        def collect(packet: Any) -> None:
+            # The payload is only readable inside the callback.
+            sink.append((packet, packet.get_payload()))
+
         try:
-            self.nfq.bind(number, sink.append, max_len=maxlen, range=0xFFFF,
-                          sock_len=16 << 20)
+            self.nfq.bind(number, collect, max_len=maxlen, range=0xFFFF, sock_len=16 << 20)
         except OSError as exc:
             raise ColoError(
                 f"cannot bind NFQUEUE queue {number} ({exc}); is another consumer bound?"
@@ -175,24 +178,24 @@ class NfqueueDatapath:
         push = self.engine.push
         if self.svm_in:
             packets, self.svm_in[:] = list(self.svm_in), []
-            for p in packets:
-                frame = _ETH_PAD + p.hw_protocol.to_bytes(2, "big") + p.get_payload()
+            for p, payload in packets:
+                frame = _ETH_PAD + p.hw_protocol.to_bytes(2, "big") + payload
                 self._apply(push(Side.SECONDARY, frame, now, None), accept, drop)
             # Copied into the engine: drop them all now (ids are contiguous).
             if len(packets) >= MIN_BATCH:
-                svm.batch(packets[-1].id, proto.NF_DROP)
+                svm.batch(packets[-1][0].id, proto.NF_DROP)
                 self.counters.batch_msgs += 1
             else:
-                for p in packets:
+                for p, _ in packets:
                     p.drop()
                     self.counters.verdict_msgs += 1
             self.counters.dropped_secondary += len(packets)
         if self.pvm_in:
             packets, self.pvm_in[:] = list(self.pvm_in), []
-            for p in packets:
+            for p, payload in packets:
                 self.held[p.id] = p
                 self.outstanding.add(p.id)
-                frame = _ETH_PAD + p.hw_protocol.to_bytes(2, "big") + p.get_payload()
+                frame = _ETH_PAD + p.hw_protocol.to_bytes(2, "big") + payload
                 self._apply(push(Side.PRIMARY, frame, now, p.id), accept, drop)
         self._settle(pvm, accept, drop)
 
@@ -255,6 +258,9 @@ class NfqueueDatapath:
             self.exit_reason = f"signal {signal.Signals(stop['signal']).name}"
         except ColoError as exc:
             self.exit_reason = f"error: {exc}"
+            raise
+        except Exception as exc:
+            self.exit_reason = f"crash: {exc!r}"
             raise
         finally:
             self.policy.stop()
