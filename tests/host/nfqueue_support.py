@@ -27,9 +27,10 @@ TCP_PORT = 8080
 SERVER = r"""
 import socket, sys, threading
 variant = sys.argv[1].encode()
+UDP_PORT, TCP_PORT = int(sys.argv[2]), int(sys.argv[3])
 def udp():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", %(udp)d))
+    s.bind(("0.0.0.0", UDP_PORT))
     while True:
         data, peer = s.recvfrom(65535)
         reply = b"echo:" + data
@@ -54,7 +55,7 @@ def tcp_conn(c):
 def tcp():
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", %(tcp)d))
+    s.bind(("0.0.0.0", TCP_PORT))
     s.listen(16)
     while True:
         c, _ = s.accept()
@@ -62,7 +63,7 @@ def tcp():
 threading.Thread(target=udp, daemon=True).start()
 print("up", flush=True)
 tcp()
-""" % {"udp": UDP_PORT, "tcp": TCP_PORT}
+"""
 
 
 def unique_prefix() -> str:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from nfqueue_support import servers, topology, udp_exchange, unique_prefix
 
 from colo_proxy.errors import InputError
 from colo_proxy.topology import build
 from colo_proxy.topology import netns as ns_util
-
-from nfqueue_support import servers, topology, udp_exchange, unique_prefix
 
 pytestmark = pytest.mark.root
 
