@@ -96,8 +96,9 @@ def servers(topo: Topology, svm: bool = True) -> Iterator[None]:
         for ns, variant in ((topo.pvm, "pvm"), (topo.svm, "svm")):
             if ns == topo.svm and not svm:
                 continue
-            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER,
-                                     variant], stdout=subprocess.PIPE, text=True)
+            argv = ["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, variant,
+                    str(UDP_PORT), str(TCP_PORT)]
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
             procs.append(proc)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
         yield
