@@ -1,13 +1,29 @@
-"""The comparison engine: frames in, decisions out.  (Contract stub; see docs/compare.md.)"""
+"""The comparison engine: frames in, decisions out.  docs/compare.md is the specification."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
-from .model import Config, ConnKey, ConnStats, Counters, Decision, Side
+from .conn import Conn
+from .core import Core
+from .datagram import FifoConn
+from .limits import evict_idle, over_hard_limit
+from .model import (
+    Config,
+    ConnKey,
+    ConnStats,
+    Decision,
+    DropReason,
+    Reason,
+    Release,
+    Side,
+)
+from .parse import CONTROL, FIFO, TCP, parse
+from .tcp import TcpConn
 
 
-class Engine:
+class Engine(Core):
     """Pure COLO output comparison.
 
     * ``push(side, frame, now_ms, tag, vnet_hdr_len)``: feed one Ethernet frame
@@ -21,12 +37,8 @@ class Engine:
     """
 
     def __init__(self, config: Config | None = None) -> None:
-        self.config = config or Config()
-        self.stats = Counters()
-
-    @property
-    def checkpoint_pending(self) -> bool:
-        raise NotImplementedError
+        super().__init__(config)
+        self._conns: OrderedDict[tuple[object, ...], Conn] = OrderedDict()
 
     def push(
         self,
@@ -36,16 +48,157 @@ class Engine:
         tag: object = None,
         vnet_hdr_len: int = 0,
     ) -> list[Decision]:
-        raise NotImplementedError
+        s = 0 if side == 0 else 1 if side == 1 else Side(side)
+        if type(frame) is not bytes:
+            frame = bytes(frame)
+        out: list[Decision] = []
+        st = self.stats
+        size = len(frame)
+        st.frames[s] += 1
+        st.bytes[s] += size
+        parsed = parse(frame, vnet_hdr_len)
+        kind = parsed[0]
+        if kind <= FIFO:  # TCP or FIFO
+            key = parsed[1]
+            conns = self._conns
+            conn = conns.get(key)
+            if conn is None:
+                conn = self._new_conn(key, kind, now_ms, out)
+            else:
+                conns.move_to_end(key)
+            if kind == FIFO and parsed[3]:
+                st.malformed += 1
+            if conn is None:
+                st.overflow += 1
+                self.drop(s, tag, None, DropReason.OVERFLOW, out)
+            else:
+                if conn.epoch != self._epoch:
+                    conn.rebase(self._epoch)
+                if conn.passthrough:
+                    self._passthrough(s, conn, tag, out)
+                elif over_hard_limit(self.config, st, conn, s, size):
+                    st.overflow += 1
+                    self.drop(s, tag, conn, DropReason.OVERFLOW, out)
+                elif kind == TCP:
+                    tcp: TcpConn = conn  # type: ignore[assignment]
+                    if s:
+                        tcp.secondary(self, parsed[2], parsed[3], parsed[4], parsed[5], size,
+                                      tag, now_ms, out)
+                    else:
+                        tcp.primary(self, parsed[2], parsed[3], parsed[4], parsed[5], size,
+                                    tag, now_ms, out)
+                else:
+                    fifo: FifoConn = conn  # type: ignore[assignment]
+                    if s:
+                        fifo.secondary(self, parsed[2], size, tag, now_ms, out)
+                    else:
+                        fifo.primary(self, parsed[2], size, tag, now_ms, out)
+                if conn.closed and not conn.held_p and not conn.held_s:
+                    self._retire(conn)
+        elif kind == CONTROL:
+            if s:
+                self.drop(1, tag, None, DropReason.SECONDARY_CONTROL, out)
+            else:
+                st.control_passed += 1
+                st.released += 1
+                out.append(Release(tag, ConnKey(*parsed[1]), 0.0))
+        else:
+            st.malformed += 1
+            self.drop(s, tag, None, DropReason.MALFORMED, out)
+        if self._arrivals:
+            self.check_timeout(now_ms, out)
+        return out
 
     def tick(self, now_ms: float) -> list[Decision]:
-        raise NotImplementedError
+        out: list[Decision] = []
+        self.check_timeout(now_ms, out)
+        return out
 
     def checkpoint_done(self, now_ms: float) -> list[Decision]:
-        raise NotImplementedError
+        out: list[Decision] = []
+        st = self.stats
+        touched: dict[int, Conn] = {}
+        for h in self._arrivals:
+            if h.done:
+                continue
+            h.done = True
+            conn = h.conn
+            touched[id(conn)] = conn
+            if h.side:
+                self.drop(1, h.tag, conn, DropReason.CHECKPOINT, out)
+            else:
+                st.released += 1
+                held_ms = now_ms - h.arrival
+                out.append(Release(h.tag, conn.key, held_ms if held_ms > 0.0 else 0.0))
+            h.tag = None
+            h.data = b""
+        self._arrivals.clear()
+        st.held_frames_now = 0
+        st.held_bytes_now = 0
+        st.checkpoints_done += 1
+        self._epoch += 1
+        self._pending = False
+        self._memory_flag = False
+        self._connection_flag = False
+        for conn in touched.values():
+            conn.rebase(self._epoch)
+            if conn.closed:
+                self._retire(conn)
+        return out
 
     def connections(self) -> Iterable[ConnStats]:
-        raise NotImplementedError
+        return [conn.stats() for conn in self._conns.values()]
 
     def conn_stats(self, key: ConnKey) -> ConnStats | None:
-        raise NotImplementedError
+        conn = self._conns.get(key)
+        return conn.stats() if conn is not None else None
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _new_conn(self, key: tuple[object, ...], kind: int, now: float,
+                  out: list[Decision]) -> Conn | None:
+        cfg = self.config
+        st = self.stats
+        over = st.connections_now >= cfg.max_connections and not evict_idle(self._conns, st)
+        if over and st.connections_now >= 2 * cfg.max_connections:
+            return None
+        ckey = ConnKey(*key)  # type: ignore[arg-type]
+        passthrough = bool(cfg.passthrough) and ckey.l3 in (4, 6) and any(
+            rule.matches(ckey) for rule in cfg.passthrough)
+        conn: Conn
+        if kind == TCP:
+            conn = TcpConn(ckey, self._epoch, passthrough)
+        else:
+            conn = FifoConn(ckey, self._epoch, passthrough)
+        self._conns[ckey] = conn
+        st.connections_now += 1
+        if over and not self._connection_flag:
+            self._connection_flag = True
+            self.request(Reason.CONNECTION_LIMIT, conn,
+                         f"{st.connections_now} busy connections "
+                         f"(limit {cfg.max_connections})", now, None, out)
+        return conn
+
+    def _passthrough(self, s: int, conn: Conn, tag: object, out: list[Decision]) -> None:
+        if s:
+            self.drop(1, tag, conn, DropReason.PASSTHROUGH, out)
+        else:
+            self.stats.passthrough += 1
+            self.stats.released += 1
+            out.append(Release(tag, conn.key, 0.0))
+
+    def _retire(self, conn: Conn) -> None:
+        """Remove a closed connection; with a tracked reverse direction, wait for it."""
+        key = conn.key
+        reverse = (key.vlan, key.l3, key.dst, key.src, key.proto, key.dport, key.sport, False)
+        other = self._conns.get(reverse)
+        if other is not None and other is not conn:
+            if not other.closed or other.busy:
+                return
+            del self._conns[reverse]
+            self.stats.connections_now -= 1
+        if self._conns.pop(key, None) is not None:
+            self.stats.connections_now -= 1
+
+
+__all__ = ["Engine"]

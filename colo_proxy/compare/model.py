@@ -64,6 +64,9 @@ class DropReason(enum.StrEnum):
 class ConnKey(NamedTuple):
     """Directional connection key: VLAN id (-1 when untagged), L3 and L4 identity.
 
+    With stacked tags (QinQ) ``vlan`` packs every id, outermost first:
+    ``outer << 12 | inner``.
+
     ``l3`` is 4 or 6 for IP, or the EtherType for non-IP frames (addresses are then
     empty).  Ports are 0 for protocols without ports.  ``frag`` is True for the
     pseudo-connection that carries IP fragments of (src, dst, proto).
@@ -102,8 +105,20 @@ def format_key(key: ConnKey) -> str:
     else:
         text = f"ethertype 0x{key.l3:04x}"
     if key.vlan >= 0:
-        text += f" vlan {key.vlan}"
+        text += f" vlan {format_vlan(key.vlan)}"
     return text
+
+
+def format_vlan(vlan: int) -> str:
+    """``7`` for one tag; ``5.7`` (outer.inner) for stacked tags, which the parser packs
+    as ``outer << 12 | inner`` (see docs/compare.md, VLAN)."""
+    ids = []
+    while True:
+        ids.append(vlan & 0xFFF)
+        vlan >>= 12
+        if not vlan:
+            break
+    return ".".join(str(i) for i in reversed(ids))
 
 
 class Divergence(NamedTuple):

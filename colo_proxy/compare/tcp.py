@@ -1,0 +1,498 @@
+"""TCP stream comparison (docs/compare.md, "TCP").
+
+Each side's sequence numbers are mapped to *stream offsets* through an anchor
+``(seq, offset)``: offset 0 is the first payload byte after the SYN, the SYN is the
+virtual byte at -1 and the FIN the virtual byte after the last payload byte.  Bytes
+either side sent beyond the verified offset ``v`` wait in ``p_pend``/``s_pend``; as
+soon as both have bytes there the common prefix is compared.  A primary frame is
+released, in the primary's order, once all its bytes and control flags are verified
+and its ack does not run ahead of the highest ack the secondary sent.
+"""
+
+# Hot path: positional arguments and plain comparisons are deliberate (speed).
+# ruff: noqa: PLR0917, PLR1730
+
+from __future__ import annotations
+
+from collections import deque
+
+from .conn import NO_DATA, Conn, Held, divergence, first_difference
+from .core import Core
+from .model import ConnKey, Decision, DropReason, Reason
+
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+ACK = 0x10
+CTL = SYN | FIN | RST
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+REANCHOR_WINDOW = 16 << 20
+"""After a checkpoint, a secondary segment whose sequence number, read in the primary's
+numbering, lies this far or less behind the primary's next offset is taken to use the
+primary's numbering (a retransmission); anything else is re-anchored at the next offset."""
+
+
+def sdiff(a: int, b: int) -> int:
+    """``a - b`` in 32-bit serial-number arithmetic (RFC 1982), as a signed int."""
+    return ((a - b + HALF) & MASK) - HALF
+
+
+def _flag_names(flags: int) -> str:
+    return "|".join(n for bit, n in ((SYN, "SYN"), (ACK, "ACK")) if flags & bit) or "-"
+
+
+class TcpConn(Conn):
+    """One direction of a TCP connection, compared by stream offset."""
+
+    __slots__ = (
+        "fin_ok",
+        "p_aoff",
+        "p_aseq",
+        "p_fin",
+        "p_max_ack",
+        "p_next",
+        "p_ooo",
+        "p_pend",
+        "p_q",
+        "p_rst",
+        "p_rst_end",
+        "p_syn",
+        "s_aoff",
+        "s_aseq",
+        "s_fin",
+        "s_max_ack",
+        "s_next",
+        "s_ooo",
+        "s_pend",
+        "s_q",
+        "s_reanchor",
+        "s_rst",
+        "s_rst_end",
+        "s_syn",
+        "s_unordered",
+        "syn_ok",
+        "v",
+    )
+
+    def __init__(self, key: ConnKey, epoch: int, passthrough: bool) -> None:
+        super().__init__(key, epoch, passthrough)
+        self.p_q: deque[Held] = deque()
+        self.s_q: deque[Held] = deque()
+        self._fresh()
+
+    def _fresh(self) -> None:
+        """Forget the streams (new connection, or a reopen on the same ports)."""
+        self.v = 0
+        self.p_pend = bytearray()
+        self.s_pend = bytearray()
+        self.p_aseq = -1  # -1: numbering not known yet
+        self.p_aoff = 0
+        self.s_aseq = -1
+        self.s_aoff = 0
+        self.p_next = 0
+        self.s_next = 0
+        self.p_ooo: dict[int, bytes] = {}
+        self.s_ooo: dict[int, bytes] = {}
+        self.p_max_ack = -1  # -1: no ACK seen
+        self.s_max_ack = -1
+        self.p_syn = 0  # SYN / SYN|ACK flags of the side's SYN, 0 = none
+        self.s_syn = 0
+        self.syn_ok = False
+        self.p_fin: int | None = None  # stream offset of the FIN
+        self.s_fin: int | None = None
+        self.fin_ok = False
+        self.p_rst = False
+        self.s_rst = False
+        self.p_rst_end = 0
+        self.s_rst_end = 0
+        self.s_reanchor = False
+        self.s_unordered = False
+        self.closed = False
+
+    # -- checkpoint --------------------------------------------------------------------
+
+    def rebase(self, epoch: int) -> None:
+        """Everything the primary sent is out: its next offset is the new common point."""
+        super().rebase(epoch)
+        self.p_q.clear()
+        self.s_q.clear()
+        if self.p_aseq < 0:
+            self._fresh()
+            return
+        p_end = self.v + len(self.p_pend)
+        self.v = max(self.p_next, p_end)
+        self.p_next = self.s_next = self.v
+        self.p_pend.clear()
+        self.s_pend.clear()
+        self.p_ooo.clear()
+        self.s_ooo.clear()
+        self.s_reanchor = True
+        self.s_unordered = False
+        self.s_max_ack = self.p_max_ack
+        self.s_syn = self.p_syn
+        self.syn_ok = bool(self.p_syn)
+        self.s_fin = self.p_fin
+        self.fin_ok = self.p_fin is not None
+        self.s_rst = False
+        if self.p_rst or self.p_fin is not None:
+            self.closed = True
+
+    # -- primary -----------------------------------------------------------------------
+
+    def primary(self, core: Core, seq: int, ack: int, flags: int, payload: bytes, size: int,
+                tag: object, now: float, out: list[Decision]) -> None:
+        if self.p_aseq < 0:
+            if flags & SYN:
+                self.p_aseq, self.p_aoff = seq, -1
+            elif self.s_aseq >= 0 and not self.s_reanchor:
+                self.p_aseq, self.p_aoff = self.s_aseq, self.s_aoff
+            else:
+                self.p_aseq, self.p_aoff = seq, self.v
+        off = self.p_aoff + (((seq - self.p_aseq + HALF) & MASK) - HALF)
+        if flags & SYN:
+            if off != -1 and not self.busy:
+                self._fresh()  # a new connection on the same ports
+                self.p_aseq, self.p_aoff, off = seq, -1, -1
+            off += 1
+        n = len(payload)
+        end = off + n
+        if flags & ACK:
+            m = self.p_max_ack
+            if m < 0 or ((ack - m + HALF) & MASK) - HALF > 0:
+                self.p_max_ack = ack
+        else:
+            ack = -1
+        changed = False
+        if flags & CTL:
+            changed = self._primary_control(core, flags, off, end, payload, now, out)
+        if n:
+            if end > self.p_next:
+                self.p_next = end
+            if not self.diverged:
+                p_end = self.v + len(self.p_pend)
+                if end > p_end:
+                    s_fin = self.s_fin
+                    if s_fin is not None and end > s_fin:
+                        self._diverge(core, Reason.CONTROL_MISMATCH, s_fin,
+                                      payload[max(0, s_fin - off):], b"",
+                                      f"primary data beyond the secondary's FIN at {s_fin}",
+                                      now, out)
+                    elif self.s_rst and end > self.s_rst_end:
+                        self._diverge(core, Reason.CONTROL_MISMATCH, self.s_rst_end,
+                                      payload[max(0, self.s_rst_end - off):], b"",
+                                      "primary data beyond the secondary's RST", now, out)
+                    elif off <= p_end:
+                        self.p_pend += payload[p_end - off:] if off < p_end else payload
+                        self.p_aseq = (seq + end - off + (1 if flags & SYN else 0)) & MASK
+                        self.p_aoff = end
+                        if self.p_ooo:
+                            self._merge(self.p_ooo, self.p_pend)
+                        if self.s_pend:
+                            changed = self._compare(core, now, out) or changed
+                    else:
+                        old = self.p_ooo.get(off)
+                        if old is None or len(old) < n:
+                            self.p_ooo[off] = payload
+        else:
+            end = NO_DATA
+        q = self.p_q
+        if not q and not self.diverged and self._releasable(end, ack, flags):
+            core.release_now(self, tag, out)
+            if flags & (FIN | RST):
+                self.closed = True
+        else:
+            h = Held(0, tag, self, now, size, end, ack, flags)
+            q.append(h)
+            core.hold(h, out, now)
+        if changed and not self.diverged:
+            self._settle(core, now, out)
+
+    def _primary_control(self, core: Core, flags: int, off: int, end: int, payload: bytes,
+                         now: float, out: list[Decision]) -> bool:
+        changed = False
+        if flags & SYN and not self.p_syn:
+            self.p_syn = flags & (SYN | ACK)
+            changed = True
+            if self.s_syn:
+                self._check_syn(core, now, out)
+        if flags & FIN and self.p_fin is None:
+            self.p_fin = end
+            changed = True
+            if not self.diverged:
+                self._check_fin(core, now, out)
+        if flags & RST and not self.p_rst:
+            self.p_rst = True
+            self.p_rst_end = max(self.p_next, end)
+            changed = True
+            if not self.diverged and self.s_next > self.p_rst_end:
+                at = self.p_rst_end
+                self._diverge(core, Reason.CONTROL_MISMATCH, at, b"", self._s_bytes(at),
+                              "secondary data beyond the primary's RST", now, out)
+        return changed
+
+    def _releasable(self, end: int, ack: int, flags: int) -> bool:
+        if end > self.v:
+            return False
+        if flags & CTL:
+            if flags & SYN and not self.syn_ok:
+                return False
+            if flags & FIN and not self.fin_ok:
+                return False
+            if flags & RST and not self.s_rst:
+                return False
+        if ack >= 0:
+            m = self.s_max_ack
+            if m < 0 or ((ack - m + HALF) & MASK) > HALF:
+                return False
+        return True
+
+    # -- secondary ---------------------------------------------------------------------
+
+    def secondary(self, core: Core, seq: int, ack: int, flags: int, payload: bytes, size: int,
+                  tag: object, now: float, out: list[Decision]) -> None:
+        if self.diverged:
+            core.drop(1, tag, self, DropReason.DIVERGED, out)
+            return
+        changed = False
+        n = len(payload)
+        ctl = flags & CTL
+        if n or ctl:
+            self._secondary_numbering(seq, flags)
+        if flags & ACK:
+            m = self.s_max_ack
+            if m < 0 or ((ack - m + HALF) & MASK) - HALF > 0:
+                self.s_max_ack = ack
+                changed = bool(self.p_q)
+        if not n and not ctl:
+            core.drop(1, tag, self, DropReason.VERIFIED, out)
+            if changed:
+                self._settle(core, now, out)
+            return
+        off = self.s_aoff + (((seq - self.s_aseq + HALF) & MASK) - HALF)
+        if flags & SYN:
+            off += 1
+        end = off + n
+        new = False
+        if ctl:
+            new = self._secondary_control(core, flags, off, end, now, out)
+        if n and not self.diverged:
+            if end > self.s_next:
+                self.s_next = end
+            s_end = self.v + len(self.s_pend)
+            if end > s_end:
+                new = True
+                p_fin = self.p_fin
+                if p_fin is not None and end > p_fin:
+                    self._diverge(core, Reason.CONTROL_MISMATCH, p_fin, b"",
+                                  payload[max(0, p_fin - off):],
+                                  f"secondary data beyond the primary's FIN at {p_fin}", now, out)
+                elif self.p_rst and end > self.p_rst_end:
+                    self._diverge(core, Reason.CONTROL_MISMATCH, self.p_rst_end, b"",
+                                  payload[max(0, self.p_rst_end - off):],
+                                  "secondary data beyond the primary's RST", now, out)
+                elif off <= s_end:
+                    self.s_pend += payload[s_end - off:] if off < s_end else payload
+                    self.s_aseq = (seq + end - off + (1 if flags & SYN else 0)) & MASK
+                    self.s_aoff = end
+                    if self.s_ooo:
+                        self._merge(self.s_ooo, self.s_pend)
+                    if self.p_pend:
+                        changed = self._compare(core, now, out) or changed
+                else:
+                    old = self.s_ooo.get(off)
+                    if old is None or len(old) < n:
+                        self.s_ooo[off] = payload
+                    self.s_unordered = True
+        if self.diverged:
+            core.drop(1, tag, self, DropReason.DIVERGED, out)
+            return
+        if not n:
+            end = NO_DATA
+        if not new:
+            core.drop(1, tag, self, DropReason.VERIFIED, out)
+        elif self._consumed(end, flags):
+            core.drop(1, tag, self, DropReason.MATCHED, out)
+        else:
+            h = Held(1, tag, self, now, size, end, -1, flags)
+            self.s_q.append(h)
+            core.hold(h, out, now)
+        if changed or new:
+            self._settle(core, now, out)
+
+    def _secondary_numbering(self, seq: int, flags: int) -> None:
+        if self.s_reanchor:
+            # First segment with data/SYN/FIN after a checkpoint.
+            self.s_reanchor = False
+            if flags & SYN:
+                self.s_aseq, self.s_aoff = seq, -1
+                return
+            p_off = self.p_aoff + sdiff(seq, self.p_aseq)
+            if self.v - REANCHOR_WINDOW <= p_off <= self.v:
+                self.s_aseq, self.s_aoff = self.p_aseq, self.p_aoff
+            else:
+                self.s_aseq, self.s_aoff = seq, self.v
+        elif self.s_aseq < 0:
+            if flags & SYN:
+                self.s_aseq, self.s_aoff = seq, -1
+            elif self.p_aseq >= 0:
+                self.s_aseq, self.s_aoff = self.p_aseq, self.p_aoff
+            else:
+                self.s_aseq, self.s_aoff = seq, self.v
+        elif flags & SYN and self.s_aoff + sdiff(seq, self.s_aseq) != -1 and not self.busy:
+            # A new SYN on the same ports (the secondary is first): a new connection.
+            self._fresh()
+            self.s_aseq, self.s_aoff = seq, -1
+
+    def _secondary_control(self, core: Core, flags: int, off: int, end: int, now: float,
+                           out: list[Decision]) -> bool:
+        new = False
+        if flags & SYN and not self.s_syn:
+            self.s_syn = flags & (SYN | ACK)
+            new = True
+            if self.p_syn:
+                self._check_syn(core, now, out)
+        if flags & FIN and self.s_fin is None:
+            self.s_fin = end
+            new = True
+            if not self.diverged:
+                self._check_fin(core, now, out)
+        if flags & RST and not self.s_rst:
+            self.s_rst = True
+            self.s_rst_end = max(self.s_next, end)
+            new = True
+            if not self.diverged and self.p_next > self.s_rst_end:
+                at = self.s_rst_end
+                self._diverge(core, Reason.CONTROL_MISMATCH, at, self._p_bytes(at), b"",
+                              "primary data beyond the secondary's RST", now, out)
+        return new
+
+    def _consumed(self, end: int, flags: int) -> bool:
+        if end > self.v:
+            return False
+        if flags & CTL:
+            if flags & SYN and not self.p_syn:
+                return False
+            if flags & FIN and not self.fin_ok:
+                return False
+            if flags & RST and not self.p_rst:
+                return False
+        return True
+
+    # -- comparison --------------------------------------------------------------------
+
+    def _check_syn(self, core: Core, now: float, out: list[Decision]) -> None:
+        if self.p_syn == self.s_syn:
+            self.syn_ok = True
+        elif not self.diverged:
+            self._diverge(core, Reason.CONTROL_MISMATCH, -1, b"", b"",
+                          f"primary sent {_flag_names(self.p_syn)}, "
+                          f"secondary {_flag_names(self.s_syn)}", now, out)
+
+    def _check_fin(self, core: Core, now: float, out: list[Decision]) -> None:
+        p_fin, s_fin = self.p_fin, self.s_fin
+        if p_fin is not None:
+            if s_fin is not None and s_fin != p_fin:
+                at = min(p_fin, s_fin)
+                self._diverge(core, Reason.CONTROL_MISMATCH, at, self._p_bytes(at),
+                              self._s_bytes(at),
+                              f"FIN at stream offset {p_fin} (primary) vs {s_fin} (secondary)",
+                              now, out)
+            elif self.s_next > p_fin:
+                self._diverge(core, Reason.CONTROL_MISMATCH, p_fin, b"", self._s_bytes(p_fin),
+                              f"secondary data beyond the primary's FIN at {p_fin}", now, out)
+        elif s_fin is not None and self.p_next > s_fin:
+            self._diverge(core, Reason.CONTROL_MISMATCH, s_fin, self._p_bytes(s_fin), b"",
+                          f"primary data beyond the secondary's FIN at {s_fin}", now, out)
+
+    def _p_bytes(self, at: int) -> bytes:
+        i = at - self.v
+        return bytes(self.p_pend[i : i + 64]) if i >= 0 else b""
+
+    def _s_bytes(self, at: int) -> bytes:
+        i = at - self.v
+        return bytes(self.s_pend[i : i + 64]) if i >= 0 else b""
+
+    def _merge(self, ooo: dict[int, bytes], pend: bytearray) -> None:
+        """Append out-of-order segments that now touch the contiguous data of ``pend``."""
+        end = self.v + len(pend)
+        for start in sorted(ooo):
+            if start > end:
+                break
+            data = ooo.pop(start)
+            stop = start + len(data)
+            if stop > end:
+                pend += data[end - start :]
+                end = stop
+
+    def _compare(self, core: Core, now: float, out: list[Decision]) -> bool:
+        """Compare the common prefix of the two pending streams; True if ``v`` moved."""
+        p = self.p_pend
+        s = self.s_pend
+        lp = len(p)
+        ls = len(s)
+        if lp == ls:
+            if p == s:
+                p.clear()
+                s.clear()
+                n = lp
+            else:
+                n = -1
+        else:
+            n = lp if lp < ls else ls
+            if p[:n] == s[:n]:
+                del p[:n]
+                del s[:n]
+            else:
+                n = -1
+        if n < 0:
+            i = first_difference(p, s)
+            at = self.v + i
+            self._diverge(core, Reason.PAYLOAD_MISMATCH, at, p[i:], s[i:],
+                          f"tcp payload differs at stream offset {at}", now, out)
+            return False
+        self.v += n
+        self.bytes_matched += n
+        core.stats.bytes_compared += n
+        return True
+
+    def _settle(self, core: Core, now: float, out: list[Decision]) -> None:
+        """Release what became releasable and consume what became consumed."""
+        if not self.fin_ok and self.p_fin is not None and self.p_fin == self.s_fin \
+                and self.v >= self.p_fin:
+            self.fin_ok = True
+        q = self.p_q
+        while q:
+            h = q[0]
+            if not self._releasable(h.end, h.ack, h.flags):
+                break
+            q.popleft()
+            core.release_held(h, now, out)
+            if h.flags & (FIN | RST):
+                self.closed = True
+        q = self.s_q
+        while q and self._consumed(q[0].end, q[0].flags):
+            core.drop_held(q.popleft(), DropReason.MATCHED, out)
+        if q and self.s_unordered:
+            keep: deque[Held] = deque()
+            for h in q:
+                if self._consumed(h.end, h.flags):
+                    core.drop_held(h, DropReason.MATCHED, out)
+                else:
+                    keep.append(h)
+            self.s_q = keep
+        if not self.s_q:
+            self.s_unordered = False
+
+    def _diverge(self, core: Core, reason: Reason, offset: int, pb: bytes | bytearray,
+                 sb: bytes | bytearray, detail: str, now: float, out: list[Decision]) -> None:
+        div = divergence(offset, pb, sb)
+        if self.first_div is None:
+            self.first_div = div
+        core.request(reason, self, f"{self.key}: {detail}", now, div, out)
+        self.diverged = True
+        for h in self.s_q:
+            core.drop_held(h, DropReason.DIVERGED, out)
+        self.s_q.clear()
+        self.s_pend.clear()
+        self.s_ooo.clear()
