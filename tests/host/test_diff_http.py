@@ -260,7 +260,8 @@ def test_token_page_diagnosis_json(token: Recording) -> None:
     assert isinstance(summary["requests_suppressed"], int)
 
     conns = {c["connection"]: c for c in data["connections"]}  # type: ignore[attr-defined]
-    assert set(conns) == {_key(TOKEN_PORT, p) for p in token.ports.values()}
+    tcp = {name for name in conns if name.startswith("tcp ")}
+    assert tcp == {_key(TOKEN_PORT, p) for p in token.ports.values()}
     for page in ("/index.html", "/about.html"):
         conn = conns[_key(TOKEN_PORT, token.ports[page])]
         assert conn["checkpoints"] == [] and conn["first_divergence"] is None

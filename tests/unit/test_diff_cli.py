@@ -260,7 +260,8 @@ def test_text_output_marks_the_token(tmp_path: Path) -> None:
     assert lines[ctx][caret.index("^"):caret.index("^") + 2] == "AA"
     hexrow = next(line for line in lines if "41 41" in line and "5a 5a" in line)
     marks = lines[lines.index(hexrow) + 1]
-    assert marks.count("^^") == 4  # two bytes on each side
+    # per side: "^^" under the two hex cells and "^" under the two characters
+    assert [side.count("^") for side in marks.split("|")] == [6, 6]
     assert "1 checkpoints requested (payload-mismatch: 1)" in out
 
 
