@@ -1,0 +1,109 @@
+"""The NFQUEUE datapath with the real engine, real packets, real netfilter."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from nfqueue_support import (
+    Datapath,
+    pattern,
+    queue_proc,
+    servers,
+    tcp_request,
+    topology,
+    udp_exchange,
+)
+
+from colo_proxy.rules import iptables, nft
+
+pytestmark = pytest.mark.root
+
+
+def test_identical_responses_are_released_once(tmp_path: Path) -> None:
+    with topology() as topo, servers(topo), Datapath(topo, tmp_path) as dp:
+        msgs = [f"req-{i}".encode() for i in range(20)]
+        replies = udp_exchange(topo, msgs, wait=1.0)
+        # Exactly one reply per request: the PVM's, released; the SVM's consumed.
+        assert sorted(replies) == sorted(b"echo:" + m for m in msgs)
+        assert tcp_request(topo, b"200000", 200000) == pattern(200000)
+        time.sleep(0.5)
+        stats = dp.last_stats()
+        dp.stop()
+        assert dp.named("checkpoint-request") == []
+        counters = stats["counters"]
+        assert counters["pairs_matched"] >= 20
+        assert counters["bytes_compared"] >= 200000
+        assert stats["datapath"]["dropped_secondary"] >= 20
+        assert dp.events()[-1] == {"event": "exit", "t": dp.events()[-1]["t"],
+                                   "reason": "signal SIGTERM"}
+
+
+def test_divergent_response_is_held_checkpointed_then_released(tmp_path: Path) -> None:
+    with topology() as topo, servers(topo), Datapath(topo, tmp_path) as dp:
+        replies = udp_exchange(topo, [b"diverge"], wait=1.0)
+        assert replies == [b"answer from pvm"]
+        request = dp.wait_for("checkpoint-request")[0]
+        assert request["reason"] == "payload-mismatch"
+        assert "udp" in request["key"]
+        assert request["policy"] == "flush" and "no VM state" in request["note"]
+        div = request["divergence"]
+        assert bytes.fromhex(div["primary"]).startswith(b"answer from pvm")
+        assert bytes.fromhex(div["secondary"]).startswith(b"answer from svm")
+        done = dp.wait_for("checkpoint-done")[0]
+        assert done["released"] >= 1
+        assert done["t"] >= request["t"]
+        # After the flush identical traffic flows again without a new request.
+        assert udp_exchange(topo, [b"after"], wait=0.5) == [b"echo:after"]
+        assert len(dp.named("checkpoint-request")) == 1
+
+
+def test_checkpoint_command_gates_the_flush(tmp_path: Path) -> None:
+    flag = tmp_path / "allow"
+    cmd = f"echo $COLO_REASON >> {tmp_path / 'log'}; test -e {flag}"
+    with (topology() as topo, servers(topo),
+          Datapath(topo, tmp_path, "--checkpoint-cmd", cmd) as dp):
+        # The command fails: nothing is released, it is retried.
+        assert udp_exchange(topo, [b"diverge"], wait=1.5) == []
+        assert dp.wait_for("checkpoint-failed")[0]["rc"] == 1
+        flag.touch()
+        dp.wait_for("checkpoint-done", timeout=10)
+        assert "payload-mismatch" in (tmp_path / "log").read_text()
+
+
+@pytest.mark.parametrize("fail_closed", [True, False], ids=["fail-closed", "fail-open"])
+def test_queue_maxlen_bounds_the_kernel_queue(tmp_path: Path, fail_closed: bool) -> None:
+    extra = ["--queue-maxlen", "4", "--compare-timeout", "60000"]
+    if fail_closed:
+        extra.append("--fail-closed")
+    # No SVM service: every PVM reply stays held (no partner, long timeout).
+    with topology() as topo, servers(topo, svm=False), Datapath(topo, tmp_path, *extra) as dp:
+        replies = udp_exchange(topo, [f"m{i}".encode() for i in range(10)], wait=1.0)
+        queues = queue_proc(topo)[0]
+        assert queues["total"] == 4  # held as pending verdicts
+        if fail_closed:
+            assert replies == []
+            assert queues["dropped"] == 6
+        else:
+            assert len(replies) == 6  # overflow accepted uncompared (fail-open)
+            assert queues["dropped"] == 0
+        time.sleep(0.4)
+        assert dp.last_stats()["counters"]["frames"]["primary"] == 4
+
+
+@pytest.mark.parametrize(("rules", "backend"),
+                         [("iptables", "nft"), ("iptables", "legacy"), ("nft", "nft")])
+def test_rules_removed_on_exit(tmp_path: Path, rules: str, backend: str) -> None:
+    with topology() as topo, servers(topo):
+        dp = Datapath(topo, tmp_path, "--rules", rules, "--iptables-backend", backend).start()
+        try:
+            assert udp_exchange(topo, [b"x"], wait=0.5) == [b"echo:x"]
+            assert "COLO_PVM" in iptables.save(backend, "ipv4", topo.phost)
+            assert nft.exists(topo.phost) == (rules == "nft")
+        finally:
+            assert dp.stop() == 0
+        for family in iptables.FAMILIES:
+            assert "COLO_" not in iptables.save(backend, family, topo.phost)
+        assert not nft.exists(topo.phost)
+        assert dp.events()[-1]["event"] == "exit"
