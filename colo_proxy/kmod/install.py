@@ -1,0 +1,90 @@
+"""``colo-proxy install``: build the module against a kernel's headers and install it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ColoError, InputError
+from . import MODULE, tools
+
+_BUILD_PRODUCTS = ("*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "modules.order",
+                   "Module.symvers", "*.yaml", ".tmp_versions")
+
+
+def default_source() -> Path:
+    """kmod/nfnetlink_colo of the source tree this package runs from."""
+    return Path(__file__).resolve().parents[2] / "kmod" / MODULE
+
+
+def default_kdir(kver: str) -> Path:
+    return Path("/lib/modules") / kver / "build"
+
+
+def _error_line(lines: list[str]) -> str:
+    for line in lines:
+        if "error:" in line or "Error " in line or "No such file" in line:
+            return line.strip()
+    return tools.last_line("\n".join(lines))
+
+
+def _check_inputs(kver: str, kdir: Path, src: Path, destdir: Path | None) -> None:
+    if not (kdir / "Makefile").is_file():
+        raise ColoError(f"kernel headers for {kver} not found in {kdir}: install them "
+                        f"(apt-get install linux-headers-{kver}) or pass --kdir")
+    if not (src / "Kbuild").is_file():
+        raise InputError(f"module source not found in {src} (no Kbuild file): pass --src")
+    if destdir is None and os.geteuid() != 0:
+        raise ColoError("installing into /lib/modules needs root; run with sudo "
+                        "or install into a staging tree with --destdir")
+
+
+def _build(kver: str, kdir: Path, src: Path, workdir: Path,
+           echo: Callable[[str], None]) -> list[Path]:
+    build = workdir / MODULE
+    shutil.copytree(src, build, ignore=shutil.ignore_patterns(*_BUILD_PRODUCTS))
+    jobs = min(4, os.cpu_count() or 1)
+    echo(f"building {MODULE} for {kver} against {kdir}")
+    code, lines = tools.stream(["make", f"-j{jobs}", "-C", kdir, f"M={build}", "modules"],
+                               echo=lambda line: echo(f"  {line}"))
+    if code != 0:
+        raise ColoError(f"building {MODULE} for {kver} failed: {_error_line(lines)}")
+    built = sorted(build.glob("*.ko"))
+    if not built:
+        raise ColoError(f"building {MODULE} for {kver} produced no .ko file")
+    for ko in built:
+        vermagic = tools.run(["modinfo", "-F", "vermagic", ko]).stdout.split(" ", 1)[0]
+        if vermagic != kver:
+            raise ColoError(f"the headers in {kdir} are for kernel {vermagic}, not {kver}: "
+                            "pass the matching --kdir")
+    return built
+
+
+def install(kver: str | None = None, kdir: Path | None = None, destdir: Path | None = None,
+            src: Path | None = None, echo: Callable[[str], None] = print) -> list[Path]:
+    """Build the module for ``kver`` (default: the running kernel) with the headers in
+    ``kdir``, copy it to [destdir]/lib/modules/KVER/updates and run depmod for that kernel.
+    Returns the installed files."""
+    kver = kver or os.uname().release
+    kdir = kdir or default_kdir(kver)
+    src = src or default_source()
+    _check_inputs(kver, kdir, src, destdir)
+    with tempfile.TemporaryDirectory(prefix="colo-kmod-") as tmp:
+        built = _build(kver, kdir, src, Path(tmp), echo)
+        target = (destdir or Path("/")) / "lib" / "modules" / kver / "updates"
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            installed = [Path(shutil.copy2(ko, target / ko.name)) for ko in built]
+        except OSError as exc:
+            raise ColoError(f"cannot install into {target}: {exc.strerror}") from None
+    for path in installed:
+        echo(f"installed {path}")
+    base = ["-b", str(destdir)] if destdir is not None else []
+    echo(f"depmod {' '.join([*base, kver])}")
+    result = tools.run(["depmod", *base, kver])
+    if result.returncode != 0:
+        raise ColoError(f"depmod for {kver} failed: {tools.last_line(result.stderr)}")
+    return installed
