@@ -161,7 +161,7 @@ class Datapath:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
         stop_process(self.proc, sig)
-        if self.proc.stderr is not None:
+        if self.proc.stderr is not None and not self.proc.stderr.closed:
             self.stderr = self.proc.stderr.read()
             self.proc.stderr.close()
         return self.proc.returncode
