@@ -9,6 +9,7 @@ incremental update) so that building 100k frames takes well under a second.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import statistics
@@ -264,6 +265,13 @@ class Series:
         if len(values) == 1:
             return format(values[0], fmt)
         return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
+
+
+def ratio(ours: float, theirs: float) -> str:
+    """``ours/theirs`` as ``1.23x``; n/a when a CPU delta was below the clock tick."""
+    if not theirs or math.isnan(theirs) or math.isnan(ours):
+        return "n/a (CPU below clock tick resolution; use more --pairs)"
+    return f"{ours / theirs:.2f}x"
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:

@@ -17,6 +17,7 @@ connection, and peak RSS of a fresh process tracking 100k connections.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from _common import (
     framed_batches,
     machine_line,
     print_table,
+    ratio,
     run_engine,
     run_qemu,
     tcp_connections,
@@ -41,6 +43,7 @@ from _common import (
 
 from colo_proxy.compare.engine import Engine
 from colo_proxy.compare.model import Side
+from colo_proxy.qemu.process import process_rss_bytes
 
 
 def throughput(pairs: int, reps: int) -> None:
@@ -68,7 +71,7 @@ def throughput(pairs: int, reps: int) -> None:
             f"{q_rate / 1000:.1f}k ({q.span(lambda r: r.rate / 1000, '.0f')}k)",
             f"{e_cpu:.2f} ({e.span(lambda r: r.cpu_us, '.2f')})",
             f"{q_cpu:.2f} ({q.span(lambda r: r.cpu_us, '.2f')})",
-            f"{e_cpu / q_cpu:.2f}x",
+            ratio(e_cpu, q_cpu),
             str(lost),
         ])
     print_table(
@@ -100,7 +103,7 @@ def rss_child(conns: int) -> None:
     """Run in a fresh process: track ``conns`` connections, print RSS numbers."""
     make = tcp_connections()
     engine = Engine(bench_config())
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = process_rss_bytes(os.getpid())
     now = time.monotonic() * 1000.0
     for i in range(conns):
         p, s = make(i)
@@ -120,7 +123,7 @@ def memory(conns_traced: int, conns_rss: int) -> None:
         ["measure", "value"],
         [["tracemalloc bytes per tracked connection", f"{per_conn:.0f} B ({conns_traced} conns)"],
          [f"peak RSS, fresh process, {conns_rss} connections", f"{peak / 2**20:.1f} MiB"],
-         ["  of which before the first frame", f"{before / 2**20:.1f} MiB"],
+         ["  RSS before the first frame (interpreter, imports)", f"{before / 2**20:.1f} MiB"],
          ["  connections the engine reports tracked", str(tracked)]])
 
 
@@ -128,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small and 1 rep")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--pairs", type=int, default=20000, help="pairs per run")
+    parser.add_argument("--pairs", type=int, default=50000, help="pairs per run")
     parser.add_argument("--rss-conns", type=int, default=100_000)
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,7 +139,7 @@ def main() -> None:
         rss_child(args.rss_child)
         return
     if args.quick:
-        args.reps, args.pairs, args.rss_conns = 1, 2000, 5000
+        args.reps, args.pairs, args.rss_conns = 1, 5000, 5000
     print(f"# bench/compare.py{' --quick' if args.quick else ''}: {machine_line()}")
     throughput(args.pairs, args.reps)
     memory(min(10_000, args.rss_conns), args.rss_conns)
