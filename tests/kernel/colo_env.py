@@ -1,0 +1,92 @@
+"""Helpers of the kernel tests: namespaces, the module, figures in the test output."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+MODULE = "nfnetlink_colo"
+PY = [os.environ.get("COLO_PYTHON", str(Path(__file__).resolve().parents[2] / ".venv/bin/python"))]
+HERE = Path(__file__).resolve().parent
+
+
+def report(request: pytest.FixtureRequest, text: str) -> None:
+    """Print a figure to the terminal even under output capture, and record it in junit."""
+    config = request.config
+    capman = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    line = f"[{request.node.name}] {text}"
+    request.node.user_properties.append(("figure", text))
+    if capman is not None and reporter is not None:
+        with capman.global_and_fixture_disabled():
+            reporter.ensure_newline()
+            reporter.write_line(line)
+    else:
+        print(line)
+
+
+# -- namespaces --------------------------------------------------------------------------
+
+def netns_name() -> str:
+    return f"colot-{secrets.token_hex(4)}"
+
+
+@contextmanager
+def temp_netns() -> Iterator[str]:
+    """A named network namespace (/run/netns/colot-XXXXXXXX), deleted on exit."""
+    name = netns_name()
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        delete_netns(name)
+
+
+def delete_netns(name: str) -> None:
+    if Path("/run/netns", name).exists():
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+# -- the module --------------------------------------------------------------------------
+
+def module_loaded() -> bool:
+    return Path("/sys/module", MODULE).exists()
+
+
+def module_refcnt() -> int:
+    return int(Path("/sys/module", MODULE, "refcnt").read_text())
+
+
+def rmmod() -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["rmmod", MODULE], capture_output=True, text=True, check=False)
+
+
+def insmod(ko: Path) -> None:
+    if not module_loaded():
+        res = subprocess.run(["insmod", str(ko)], capture_output=True, text=True, check=False)
+        assert res.returncode == 0, f"insmod {ko}: {res.stderr.strip()}"
+
+
+@contextmanager
+def module_back(ko: Path) -> Iterator[None]:
+    """Whatever the test does to the module, it is loaded again afterwards."""
+    try:
+        yield
+    finally:
+        insmod(ko)
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    """Poll ``predicate()`` until true; fail (not a timing assert: a hang guard) after timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
