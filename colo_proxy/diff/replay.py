@@ -20,10 +20,8 @@ from ..compare.engine import Engine
 from ..compare.model import (
     CheckpointRequest,
     ConnKey,
-    ConnStats,
     Decision,
     Drop,
-    DropReason,
     Release,
     Side,
 )
@@ -67,11 +65,15 @@ class ConnTally:
     frames: list[int] = field(default_factory=lambda: [0, 0])
     bytes: list[int] = field(default_factory=lambda: [0, 0])
     """Payload bytes (TCP/UDP payload; whole frame for other protocols), per side."""
-    released: int = 0
+    matched_frames: int = 0
+    """Primary frames the engine released without a checkpoint: verified against the
+    secondary (or carrying nothing to verify, like a pure ACK)."""
+    matched_bytes: int = 0
+    """Payload bytes of those frames."""
+    uncompared: int = 0
+    """Primary frames released without comparison: passthrough rules, non-IP (L2 control)."""
     released_by_checkpoint: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    matched_bytes: int = 0
-    """Payload bytes of secondary frames dropped as ``matched``."""
     first_time_ms: float = 0.0
 
 
@@ -79,7 +81,6 @@ class ConnTally:
 class ReplayResult:
     checkpoints: list[Checkpoint]
     tallies: dict[ConnKey, ConnTally]
-    engine_stats: dict[ConnKey, ConnStats]
     streams: Streams
     end_ms: float
     """Time of the last replayed frame."""
@@ -131,13 +132,20 @@ class Replay:
             if isinstance(d, Release):
                 if self._in_checkpoint:
                     tally.released_by_checkpoint += 1
+                elif self._uncompared(out.headers):
+                    tally.uncompared += 1
                 else:
-                    tally.released += 1
+                    tally.matched_frames += 1
+                    tally.matched_bytes += payload_len(out.headers, out.data)
             elif isinstance(d, Drop):
                 reason = str(d.reason)
                 tally.dropped[reason] = tally.dropped.get(reason, 0) + 1
-                if d.reason == DropReason.MATCHED:
-                    tally.matched_bytes += payload_len(out.headers, out.data)
+
+    def _uncompared(self, h: Headers) -> bool:
+        if h.l3 not in (4, 6):
+            return True
+        rules = self.engine.config.passthrough
+        return bool(rules) and any(r.matches(h.key) for r in rules)
 
     def _request(self, req: CheckpointRequest) -> None:
         time = self._now
@@ -209,13 +217,5 @@ class Replay:
             self._advance(horizon)
             if self._checkpoint_due is None and self._next_deadline() is None:
                 break
-        stats: dict[ConnKey, ConnStats] = {}
-        for cs in self.engine.connections():
-            stats[cs.key] = cs
-        for key in self.tallies:
-            if key not in stats:
-                found = self.engine.conn_stats(key)
-                if found is not None:
-                    stats[key] = found
-        return ReplayResult(self.checkpoints, self.tallies, stats, self.streams, last,
+        return ReplayResult(self.checkpoints, self.tallies, self.streams, last,
                             len(self._held))

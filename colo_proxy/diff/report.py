@@ -95,7 +95,7 @@ class ConnReport:
             "primary": {"frames": self.frames[0], "bytes": self.bytes[0]},
             "secondary": {"frames": self.frames[1], "bytes": self.bytes[1]},
             "matched": {"frames": self.matched_frames, "bytes": self.matched_bytes},
-            "released": {"compared": self.tally.released,
+            "released": {"uncompared": self.tally.uncompared,
                          "checkpoint": self.tally.released_by_checkpoint},
             "dropped": dict(sorted(self.tally.dropped.items())),
             "first_divergence": self.first_divergence.as_dict() if self.first_divergence else None,
@@ -284,13 +284,8 @@ def build_report(result: ReplayResult, *, primary: CaptureInfo, secondary: Captu
     conns: list[ConnReport] = []
     by_key: dict[ConnKey, ConnReport] = {}
     for key, tally in sorted(result.tallies.items(), key=lambda kv: kv[1].first_time_ms):
-        stats = result.engine_stats.get(key)
-        if stats is not None:
-            mframes, mbytes = stats.frames_matched, stats.bytes_matched
-        else:
-            mframes, mbytes = tally.dropped.get("matched", 0), tally.matched_bytes
         conn = ConnReport(key, paired_from.get(key), tally.frames, tally.bytes,
-                          mframes, mbytes, tally)
+                          tally.matched_frames, tally.matched_bytes, tally)
         conns.append(conn)
         by_key[key] = conn
     for c in result.checkpoints:
