@@ -164,8 +164,11 @@ class TcpConn(Conn):
         else:
             ack = -1
         changed = False
-        if flags & CTL:
-            changed = self._primary_control(core, flags, off, end, payload, now, out)
+        if flags & SYN and not self.p_syn:
+            self.p_syn = flags & (SYN | ACK)
+            changed = True
+            if self.s_syn:
+                self._check_syn(core, now, out)
         if n:
             if end > self.p_next:
                 self.p_next = end
@@ -194,7 +197,9 @@ class TcpConn(Conn):
                         old = self.p_ooo.get(off)
                         if old is None or len(old) < n:
                             self.p_ooo[off] = payload
-        else:
+        if flags & (FIN | RST):
+            changed = self._primary_fin_rst(core, flags, end, now, out) or changed
+        if not n:
             end = NO_DATA
         q = self.p_q
         if not q and not self.diverged and self._releasable(end, ack, flags):
@@ -208,14 +213,9 @@ class TcpConn(Conn):
         if changed and not self.diverged:
             self._settle(core, now, out)
 
-    def _primary_control(self, core: Core, flags: int, off: int, end: int, payload: bytes,
-                         now: float, out: list[Decision]) -> bool:
+    def _primary_fin_rst(self, core: Core, flags: int, end: int, now: float,
+                         out: list[Decision]) -> bool:
         changed = False
-        if flags & SYN and not self.p_syn:
-            self.p_syn = flags & (SYN | ACK)
-            changed = True
-            if self.s_syn:
-                self._check_syn(core, now, out)
         if flags & FIN and self.p_fin is None:
             self.p_fin = end
             changed = True
@@ -274,8 +274,11 @@ class TcpConn(Conn):
             off += 1
         end = off + n
         new = False
-        if ctl:
-            new = self._secondary_control(core, flags, off, end, now, out)
+        if flags & SYN and not self.s_syn:
+            self.s_syn = flags & (SYN | ACK)
+            new = True
+            if self.p_syn:
+                self._check_syn(core, now, out)
         if n and not self.diverged:
             if end > self.s_next:
                 self.s_next = end
@@ -304,6 +307,8 @@ class TcpConn(Conn):
                     if old is None or len(old) < n:
                         self.s_ooo[off] = payload
                     self.s_unordered = True
+        if flags & (FIN | RST) and not self.diverged:
+            new = self._secondary_fin_rst(core, flags, end, now, out) or new
         if self.diverged:
             core.drop(1, tag, self, DropReason.DIVERGED, out)
             return
@@ -344,14 +349,9 @@ class TcpConn(Conn):
             self._fresh()
             self.s_aseq, self.s_aoff = seq, -1
 
-    def _secondary_control(self, core: Core, flags: int, off: int, end: int, now: float,
+    def _secondary_fin_rst(self, core: Core, flags: int, end: int, now: float,
                            out: list[Decision]) -> bool:
         new = False
-        if flags & SYN and not self.s_syn:
-            self.s_syn = flags & (SYN | ACK)
-            new = True
-            if self.p_syn:
-                self._check_syn(core, now, out)
         if flags & FIN and self.s_fin is None:
             self.s_fin = end
             new = True
