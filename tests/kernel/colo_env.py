@@ -90,3 +90,43 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.05)
+
+
+# -- child processes ---------------------------------------------------------------------
+
+def spawn(args: list[str], netns: str | None = None,
+          prefix: list[str] | None = None) -> subprocess.Popen[str]:
+    """Run colo_workers.py ARGS (optionally in a netns, after a prefix like setpriv)."""
+    cmd = [*(prefix or []), *PY, str(HERE / "colo_workers.py"), *args]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
+    """The next JSON line of a worker; fails (with its stderr) if none comes in time."""
+    import json
+    import selectors
+
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            stop(proc)
+            raise AssertionError(f"worker {proc.args} silent for {timeout:.0f}s")
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise AssertionError(f"worker {proc.args} ended: rc={proc.wait()} {err[-2000:]}")
+    result: dict[str, object] = json.loads(line)
+    return result
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Kill a worker (if still running) and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=60)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
