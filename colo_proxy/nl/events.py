@@ -49,7 +49,11 @@ class ColoEvents:
             if rcvbuf:
                 self._sock.socket.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             self._loop.run_until_complete(self._sock.bind(FAMILY_NAME, colo_msg))
-            self._sock.add_membership(MCGRP_EVENTS)
+            try:
+                self._sock.add_membership(MCGRP_EVENTS)
+            except OSError as exc:  # e.g. EPERM: the group needs CAP_NET_ADMIN
+                self.close()
+                raise ColoNetlinkError("subscribe to events", exc.errno or errno.EIO) from None
         except NetlinkError as exc:
             self.close()
             if exc.code == errno.ENOENT:
