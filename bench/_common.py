@@ -198,8 +198,8 @@ def _drive(pid: int, socks: tuple[socket.socket, socket.socket, socket.socket],
     """Pipelined run against process ``pid`` over (primary_in, secondary_in, outdev)."""
     pin, sin, out = socks
     cpu0, wall0 = process_cpu_seconds(pid), time.perf_counter()
-    released = pipelined(pin, sin, out, batches[0], batches[1], BATCH, len(wl.pairs),
-                         window=WINDOW)
+    released = pipelined(pin, sin, out, p_batches=batches[0], s_batches=batches[1],
+                         batch=BATCH, total=len(wl.pairs), window=WINDOW)
     wall = time.perf_counter() - wall0
     return Result(len(wl.pairs), released, wall, process_cpu_seconds(pid) - cpu0)
 

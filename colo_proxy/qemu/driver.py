@@ -65,7 +65,7 @@ class OutdevReader:
         return frames
 
 
-def pipelined(primary: socket.socket, secondary: socket.socket, outdev: socket.socket,
+def pipelined(primary: socket.socket, secondary: socket.socket, outdev: socket.socket, *,
               p_batches: list[bytes], s_batches: list[bytes], batch: int, total: int,
               window: int = 256, vnet_out: bool = False, timeout: float = 60.0) -> int:
     """Send pre-framed batches of ``batch`` pairs, at most ``window`` pairs unreleased.
