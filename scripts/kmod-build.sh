@@ -1,2 +1,46 @@
 #!/usr/bin/env bash
-echo "kmod-build: not yet implemented"; exit 0
+# Build the kernel modules for each kernel series.
+#
+#   scripts/kmod-build.sh BUILD SERIES...      e.g. scripts/kmod-build.sh build 6.1 6.12
+#
+# Runs scripts/kernels.sh (headers + images under BUILD/kernels/<series>/), then builds
+# kmod/nfnetlink_colo with W=1 in a private copy per series, BUILD/kmod/<series>/, so the
+# builds never clobber each other or the source tree.  Result:
+#   BUILD/kmod/<series>/nfnetlink_colo.ko
+# Any compiler warning fails the build.
+set -euo pipefail
+
+die() { echo "kmod-build: $*" >&2; exit 1; }
+[ $# -ge 2 ] || die "usage: $0 BUILD SERIES..."
+BUILD=$1; shift
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SRC=$ROOT/kmod/nfnetlink_colo
+
+"$ROOT/scripts/kernels.sh" "$BUILD" "$@"
+mkdir -p "$BUILD/kmod"
+BUILD=$(cd "$BUILD" && pwd)
+
+for series in "$@"; do
+    kdir=$BUILD/kernels/$series/kdir
+    kver=$(cat "$BUILD/kernels/$series/KVER")
+    out=$BUILD/kmod/$series
+    echo "== kmod: nfnetlink_colo for $series ($kver)"
+    mkdir -p "$out"
+    # Mirror the sources (only what Kbuild needs); stale object files of removed
+    # sources are harmless, the Kbuild file lists the objects.
+    cp -a "$SRC/Kbuild" "$SRC"/*.c "$SRC"/*.h "$out/"
+    mkdir -p "$out/uapi/linux" && cp -a "$SRC/uapi/linux/"*.h "$out/uapi/linux/"
+    log=$out/build.log
+    if ! make -C "$kdir" M="$out" W=1 modules >"$log" 2>&1; then
+        cat "$log" >&2
+        die "$series: build failed (log: $log)"
+    fi
+    if grep -q 'warning:' "$log"; then
+        grep -B2 -A4 'warning:' "$log" >&2
+        die "$series: compiler warnings (W=1 must be clean; log: $log)"
+    fi
+    [ -f "$out/nfnetlink_colo.ko" ] || die "$series: nfnetlink_colo.ko not produced"
+    vm=$(modinfo -F vermagic "$out/nfnetlink_colo.ko")
+    [ "${vm%% *}" = "$kver" ] || die "$series: vermagic '$vm' does not match $kver"
+    echo "kmod: $out/nfnetlink_colo.ko ($vm)"
+done
