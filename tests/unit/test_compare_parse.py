@@ -36,8 +36,8 @@ from colo_proxy.compare import (
     Release,
     Side,
 )
-from colo_proxy.compare.model import format_key
 from colo_proxy.compare import parse as kinds
+from colo_proxy.compare.model import format_key
 from colo_proxy.compare.parse import parse
 
 P = Side.PRIMARY
@@ -205,6 +205,7 @@ def test_fragments_get_a_pseudo_connection() -> None:
     frame = bytes(eth(IP(src=GUEST4, dst=CLIENT4, flags="MF", frag=0, proto=17) / Raw(b"x" * 16)))
     kind, key, data, malformed = parse(frame, 0)
     assert kind == kinds.FIFO and not malformed
+    assert data == b"\x20\x00" + b"x" * 16  # MF, offset 0, then the fragment's bytes
     assert ConnKey(*key).frag and ConnKey(*key).proto == 17
     assert (ConnKey(*key).sport, ConnKey(*key).dport) == (0, 0)
     six = bytes(eth(ip(v6=True) / IPv6ExtHdrFragment(offset=3, m=1, nh=17, id=9) / Raw(b"y" * 8)))

@@ -1,0 +1,156 @@
+"""Property tests: the engine never raises on frame content, keeps its counters
+consistent, and matches equal streams however they are cut, ordered or numbered."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_compare_parse import Harness, assert_counters_consistent, tcp, udp
+
+from colo_proxy.compare import CheckpointRequest, Config, Engine, Reason, Release, Side
+
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+SEEDS = [
+    tcp(1000, b"hello", "PA"), tcp(1000, b"", "SA"), tcp(7, b"x" * 40, "FPA", v6=True),
+    tcp(1, b"q", vlan=5), udp(b"datagram"), udp(b"six", v6=True),
+]
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> tuple[bytes, int]:
+    """A frame and its vnet_hdr_len: random bytes, or a valid frame mangled."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=200)), draw(st.sampled_from([0, 0, 10, 12, 300, -1]))
+    frame = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 6))):
+        i = draw(st.integers(0, len(frame) - 1))
+        frame[i] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(frame)))
+    frame = frame[:cut] if draw(st.booleans()) else frame
+    vnet = draw(st.sampled_from([0, 0, 0, 12]))
+    return bytes(vnet * b"\x00") + bytes(frame), vnet
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from([Side.PRIMARY, Side.SECONDARY]), frames(),
+                          st.sampled_from(["push", "push", "push", "tick", "checkpoint"])),
+                max_size=40),
+       st.integers(1, 8))
+def test_never_raises_and_counters_stay_consistent(
+        steps: list[tuple[Side, tuple[bytes, int], str]], queue: int) -> None:
+    engine = Engine(Config(compare_timeout_ms=50, max_queue_per_conn=queue,
+                           max_held_bytes=2000, max_connections=4))
+    now = 0.0
+    for i, (side, (frame, vnet), action) in enumerate(steps):
+        now += 7
+        if action == "push":
+            engine.push(side, frame, now, i, vnet)
+        elif action == "tick":
+            engine.tick(now)
+        else:
+            engine.checkpoint_done(now)
+        assert_counters_consistent(engine)
+    engine.checkpoint_done(now + 1)
+    assert engine.stats.held_frames_now == 0
+    assert_counters_consistent(engine)
+
+
+def _cuts(draw: st.DrawFn, n: int) -> list[tuple[int, int]]:
+    points = sorted(set(draw(st.lists(st.integers(1, n - 1), max_size=8))))
+    edges = [0, *points, n]
+    return list(itertools.pairwise(edges))
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> dict[str, Any]:
+    data = draw(st.binary(min_size=2, max_size=400))
+    return {
+        "data": data,
+        "p_cuts": _cuts(draw, len(data)),
+        "s_cuts": _cuts(draw, len(data)),
+        "pisn": draw(st.integers(0, 2**32 - 1)),
+        "sisn": draw(st.integers(0, 2**32 - 1)),
+        "order": draw(st.lists(st.booleans(), min_size=40, max_size=40)),
+        "swap": draw(st.booleans()),
+        "dup": draw(st.booleans()),
+        "fin": draw(st.booleans()),
+    }
+
+
+def _interleave(a: list[Any], b: list[Any], order: list[bool]) -> list[Any]:
+    out: list[Any] = []
+    i = j = 0
+    for take_a in order * 10:
+        if i < len(a) and (take_a or j == len(b)):
+            out.append(a[i])
+            i += 1
+        elif j < len(b):
+            out.append(b[j])
+            j += 1
+    return out + a[i:] + b[j:]
+
+
+@SETTINGS
+@given(streams())
+def test_equal_tcp_streams_match_however_cut(s: dict[str, Any]) -> None:
+    data: bytes = s["data"]
+    fin = s["fin"] and not (s["swap"] or s["dup"])
+
+    def segments(side: str, isn: int, cuts: list[tuple[int, int]]) -> list[tuple[str, bytes]]:
+        segs = [(f"{side}{k}", tcp(isn + 1 + a, data[a:b], "FPA" if fin and b == len(data)
+                                   else "PA")) for k, (a, b) in enumerate(cuts)]
+        if s["swap"] and len(segs) > 1:
+            segs[0], segs[1] = segs[1], segs[0]  # out of order
+        if s["dup"]:
+            segs.append((f"{side}-dup", segs[0][1]))  # a retransmission
+        return [(f"{side}-syn", tcp(isn, b"", "SA")), *segs]
+
+    p = segments("p", s["pisn"], s["p_cuts"])
+    q = segments("s", s["sisn"], s["s_cuts"])
+    h = Harness()
+    for side, tag, frame in _interleave([("P", *x) for x in p], [("S", *x) for x in q],
+                                        s["order"]):
+        (h.p if side == "P" else h.s)(frame, tag)
+    assert h.requests == []
+    assert h.released == [tag for tag, _ in p]
+    assert sorted(str(t) for t in h.dropped()) == sorted(tag for tag, _ in q)
+    assert h.engine.stats.held_frames_now == 0
+    assert h.engine.stats.bytes_compared == len(data)
+    h.assert_consistent()
+
+
+@SETTINGS
+@given(st.binary(min_size=1, max_size=300), st.data())
+def test_one_differing_byte_is_found(data: bytes, draw: st.DataObject) -> None:
+    at = draw.draw(st.integers(0, len(data) - 1))
+    bad = data[:at] + bytes([data[at] ^ draw.draw(st.integers(1, 255))]) + data[at + 1:]
+    cut = draw.draw(st.integers(0, len(data)))
+    h = Harness()
+    h.p(tcp(100, data[:cut] if cut else data), "p1")
+    if cut:
+        h.p(tcp(100 + cut, data[cut:]), "p2")
+    h.s(tcp(100, bad), "s1")
+    (req,) = h.requests
+    assert req.reason == Reason.PAYLOAD_MISMATCH
+    assert req.divergence is not None and req.divergence.offset == at
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=30), min_size=1, max_size=12), st.lists(st.booleans(),
+                                                                              max_size=30))
+def test_equal_datagram_sequences_keep_order(payloads: list[bytes], order: list[bool]) -> None:
+    p = [(f"P{i}", udp(x)) for i, x in enumerate(payloads)]
+    q = [(f"S{i}", udp(x)) for i, x in enumerate(payloads)]
+    h = Harness()
+    for side, tag, frame in _interleave([("P", *x) for x in p], [("S", *x) for x in q], order):
+        (h.p if side == "P" else h.s)(frame, tag)
+    assert h.requests == []
+    assert h.released == [tag for tag, _ in p]
+    assert all(isinstance(d, Release | CheckpointRequest) or d.reason == "matched"
+               for d in h.log)
+    h.assert_consistent()
