@@ -26,10 +26,14 @@ from .engine_options import config_from_options, engine_options
 @click.option("--exact-keys", is_flag=True,
               help="Captures of one real COLO pair: do not pair connections by order "
                    "nor shift the secondary's ACK numbers.")
+@click.option("--align", type=click.Choice(["start", "absolute"]), default="start",
+              show_default=True,
+              help="start: time from each capture's first frame; absolute: the captures' "
+                   "own timestamps (recorded with one clock).")
 @engine_options
 def diff(*, primary: str, secondary: str, as_json: bool, vm_ips: tuple[str, ...],
          vm_macs: tuple[str, ...], checkpoint_latency: float, exact_keys: bool,
-         **params: Any) -> None:
+         align: str, **params: Any) -> None:
     """Replay the VM output of PRIMARY and SECONDARY captures (pcap or pcapng, Ethernet)
     through the comparison engine and explain every checkpoint it would request."""
     from rich.console import Console
@@ -39,7 +43,8 @@ def diff(*, primary: str, secondary: str, as_json: bool, vm_ips: tuple[str, ...]
 
     config = config_from_options(params)
     options = DiffOptions(vm_ips=vm_ips, vm_macs=vm_macs,
-                          checkpoint_latency_ms=checkpoint_latency, exact_keys=exact_keys)
+                          checkpoint_latency_ms=checkpoint_latency, exact_keys=exact_keys,
+                          absolute_time=align == "absolute")
     report = diff_captures(primary, secondary, config, options)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))

@@ -23,6 +23,8 @@ class DiffOptions:
     checkpoint_latency_ms: float = 50.0
     exact_keys: bool = False
     """Do not pair connections or shift ACK numbers (captures of one real COLO pair)."""
+    absolute_time: bool = False
+    """Keep the captures' own timestamps (one clock) instead of aligning their starts."""
 
 
 def _config_dict(config: Config) -> dict[str, object]:
@@ -53,8 +55,12 @@ def diff_captures(primary_path: str, secondary_path: str, config: Config,
     mapping = {} if options.exact_keys else pair(p_conns, s_conns)
     normalize = None if options.exact_keys else Normalizer(p_conns, mapping, is_output)
 
-    p_out = _outputs(primary, p_headers, Side.PRIMARY, is_output, None)
-    s_out = _outputs(secondary, s_headers, Side.SECONDARY, is_output, normalize)
+    base = min(primary.start, secondary.start)
+    shifts = ((primary.start - base) * 1000.0, (secondary.start - base) * 1000.0) \
+        if options.absolute_time else (0.0, 0.0)
+    p_out = _outputs(primary, p_headers, Side.PRIMARY, is_output, None, shift_ms=shifts[0])
+    s_out = _outputs(secondary, s_headers, Side.SECONDARY, is_output, normalize,
+                     shift_ms=shifts[1])
     for cap, outs in ((primary, p_out), (secondary, s_out)):
         if not outs:
             raise InputError(f"{cap.path}: no frames sent by the VM "
@@ -74,6 +80,7 @@ def diff_captures(primary_path: str, secondary_path: str, config: Config,
         vm=selector.describe(),
         config=_config_dict(config),
         latency=options.checkpoint_latency_ms,
+        align="absolute" if options.absolute_time else "start",
         rewritten=normalize.rewritten if normalize else 0,
         paired_from={pkey: skey for skey, pkey in mapping.items()},
         suppressed=stats.requests_suppressed,
@@ -99,7 +106,7 @@ def _info(cap: Capture, vm_frames: int) -> CaptureInfo:
 
 def _outputs(cap: Capture, headers: list[Headers | None], side: Side,
              is_output: Callable[[Headers], bool],
-             normalize: Normalizer | None) -> list[Output]:
+             normalize: Normalizer | None, *, shift_ms: float) -> list[Output]:
     outs = []
     for frame, parsed in zip(cap.frames, headers, strict=True):
         if parsed is None:
@@ -108,6 +115,6 @@ def _outputs(cap: Capture, headers: list[Headers | None], side: Side,
         if normalize is not None:
             h, data = normalize(h, data)
         if is_output(h):
-            outs.append(Output(frame.time_ms, side, frame.index, data, h))
+            outs.append(Output(frame.time_ms + shift_ms, side, frame.index, data, h))
     outs.sort(key=lambda o: o.time_ms)
     return outs

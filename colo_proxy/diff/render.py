@@ -58,7 +58,8 @@ class Renderer:
         addrs = ", ".join(rep.vm_addresses())
         self.line(f"VM output: {addrs} ({vm['selected_by']}); checkpoint latency "
                   f"{rep.checkpoint_latency_ms:g} ms; compare timeout "
-                  f"{rep.config['compare_timeout_ms']:g} ms")
+                  f"{rep.config['compare_timeout_ms']:g} ms; time aligned on "
+                  + ("the captures' starts" if rep.align == "start" else "absolute timestamps"))
         if rep.rewritten:
             self.line(f"{rep.rewritten} secondary frames re-keyed to the primary's client "
                       "(port pairing / ACK shift)")
@@ -75,7 +76,11 @@ class Renderer:
             self.line(f"  secondary connection {format_key(conn.paired_from)} paired by order")
         self.line(f"  primary {conn.frames[0]} frames / {conn.bytes[0]} B, secondary "
                   f"{conn.frames[1]} frames / {conn.bytes[1]} B; matched "
-                  f"{conn.matched_frames} packets / {conn.matched_bytes} B")
+                  f"{conn.matched_frames} packets / {conn.matched_bytes} B"
+                  + (f"; {conn.tally.released_by_checkpoint} released by a checkpoint"
+                     if conn.tally.released_by_checkpoint else "")
+                  + (f"; {conn.tally.covered} secondary frames covered by a checkpoint"
+                     if conn.tally.covered else ""))
         if conn.first_divergence is not None:
             self.divergence(conn.first_divergence)
         elif conn.stream_first_difference is not None:

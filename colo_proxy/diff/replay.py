@@ -6,7 +6,9 @@ frame.  Time only advances through the frames' timestamps, plus:
 * a ``tick`` at the exact moment the oldest held frame would time out, so timeout
   checkpoints are reported at the time a live proxy would request them;
 * ``checkpoint_done`` ``checkpoint_latency_ms`` after each request (the VM pause and
-  state transfer), so divergences after a checkpoint are found as well;
+  state transfer), so divergences after a checkpoint are found as well; secondary
+  frames that only repeat what the primary had sent before the checkpoint are not
+  replayed (the synchronised secondary would not send them);
 * after the last frame, time runs on until nothing is held and no checkpoint is pending.
 """
 
@@ -25,10 +27,11 @@ from ..compare.model import (
     Release,
     Side,
 )
-from .headers import Headers
+from .headers import TCP_FIN, TCP_RST, TCP_SYN, Headers
 from .streams import Streams
 
 _EPSILON_MS = 0.001
+_CONTROL = TCP_SYN | TCP_FIN | TCP_RST
 _MAX_DRAIN_STEPS = 1_000_000
 
 
@@ -73,6 +76,9 @@ class ConnTally:
     uncompared: int = 0
     """Primary frames released without comparison: passthrough rules, non-IP (L2 control)."""
     released_by_checkpoint: int = 0
+    covered: int = 0
+    """Secondary frames not replayed: the primary had sent that output before a
+    checkpoint, which (in COLO) brings the secondary to the primary's state."""
     dropped: dict[str, int] = field(default_factory=dict)
     first_time_ms: float = 0.0
 
@@ -107,6 +113,9 @@ class Replay:
         self._tag = 0
         self._trigger: Output | None = None
         self._in_checkpoint = False
+        self._synced: dict[ConnKey, tuple[int, int, int]] = {}
+        """key -> the primary's (incarnation, stream end, control flags) at the last
+        checkpoint, until the secondary's replayed output goes past it."""
 
     # -- decisions -------------------------------------------------------------
     def _tally(self, out: Output) -> ConnTally:
@@ -179,6 +188,7 @@ class Replay:
                 finally:
                     self._in_checkpoint = False
                 self._stale.clear()
+                self._snapshot_primary()
                 continue
             if deadline is not None and deadline[0] <= until:
                 self._now = deadline[0]
@@ -190,6 +200,29 @@ class Replay:
             break
         self._now = max(self._now, until)
 
+    def _snapshot_primary(self) -> None:
+        """After a checkpoint the secondary is where the primary was: remember where."""
+        for key in self.streams.keys(Side.PRIMARY):
+            stream = self.streams.get(key, Side.PRIMARY)
+            if stream is not None:
+                self._synced[key] = (self.streams.current(key, Side.PRIMARY),
+                                     stream.sent_end, stream.flags)
+
+    def _covered(self, out: Output, end: int | None) -> bool:
+        """A secondary frame whose output the primary had sent before the last checkpoint:
+        in COLO the synchronised secondary would not send it again."""
+        key = out.headers.key
+        synced = self._synced.get(key)
+        if synced is None or end is None:
+            return False
+        incarnation, p_end, p_flags = synced
+        ctl = out.headers.flags & _CONTROL
+        if (self.streams.current(key, Side.SECONDARY) == incarnation and end <= p_end
+                and not ctl & ~p_flags):
+            return True
+        del self._synced[key]  # past the sync point: compare from here on
+        return False
+
     # -- main loop -------------------------------------------------------------
     def push(self, out: Output) -> None:
         self._advance(out.time_ms)
@@ -197,7 +230,10 @@ class Replay:
         tally = self._tally(out)
         tally.frames[out.side] += 1
         tally.bytes[out.side] += payload_len(out.headers, out.data)
-        self.streams.add(out.side, out.headers, out.data)
+        end = self.streams.add(out.side, out.headers, out.data)
+        if out.side == Side.SECONDARY and self._covered(out, end):
+            tally.covered += 1
+            return
         self._tag += 1
         self._held[self._tag] = (out.time_ms, out)
         self._trigger = out

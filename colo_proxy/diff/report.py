@@ -93,7 +93,8 @@ class ConnReport:
             "key": key_dict(self.key),
             "paired_from": format_key(self.paired_from) if self.paired_from else None,
             "primary": {"frames": self.frames[0], "bytes": self.bytes[0]},
-            "secondary": {"frames": self.frames[1], "bytes": self.bytes[1]},
+            "secondary": {"frames": self.frames[1], "bytes": self.bytes[1],
+                          "covered_by_checkpoint": self.tally.covered},
             "matched": {"frames": self.matched_frames, "bytes": self.matched_bytes},
             "released": {"uncompared": self.tally.uncompared,
                          "checkpoint": self.tally.released_by_checkpoint},
@@ -127,6 +128,7 @@ class Report:
     vm: dict[str, object]
     config: dict[str, object]
     checkpoint_latency_ms: float
+    align: str
     rewritten: int
     connections: list[ConnReport]
     checkpoints: list[Checkpoint]
@@ -156,6 +158,7 @@ class Report:
             "secondary": self.secondary.as_dict(),
             "vm": self.vm,
             "replay": {"checkpoint_latency_ms": self.checkpoint_latency_ms,
+                       "align": self.align,
                        "config": self.config, "secondary_frames_rewritten": self.rewritten},
             "summary": {
                 "connections": len(self.connections),
@@ -166,6 +169,7 @@ class Report:
                 "checkpoints_by_reason": self.reasons(),
                 "requests_suppressed": self.suppressed,
                 "checkpoints_done": self.checkpoints_done,
+                "secondary_frames_covered": sum(c.tally.covered for c in self.connections),
                 "frames_never_decided": self.still_held,
             },
             "connections": [c.as_dict() for c in self.connections],
@@ -278,7 +282,7 @@ def build_divergence(key: ConnKey, streams: Streams, checkpoint: Checkpoint | No
 
 
 def build_report(result: ReplayResult, *, primary: CaptureInfo, secondary: CaptureInfo,
-                 vm: dict[str, object], config: dict[str, object], latency: float,
+                 vm: dict[str, object], config: dict[str, object], latency: float, align: str,
                  rewritten: int, paired_from: dict[ConnKey, ConnKey], suppressed: int,
                  checkpoints_done: int, counters: dict[str, object]) -> Report:
     conns: list[ConnReport] = []
@@ -300,5 +304,5 @@ def build_report(result: ReplayResult, *, primary: CaptureInfo, secondary: Captu
         first = next((c for c in conn.checkpoints if c.request.divergence is not None), None)
         fallback = conn.stream_first_difference if conn.checkpoints else None
         conn.first_divergence = build_divergence(conn.key, result.streams, first, fallback)
-    return Report(primary, secondary, vm, config, latency, rewritten, conns,
+    return Report(primary, secondary, vm, config, latency, align, rewritten, conns,
                   result.checkpoints, suppressed, checkpoints_done, counters, result.still_held)

@@ -4,7 +4,9 @@ Two "VMs" (namespaces ``*-pvm`` and ``*-svm``) with identical addresses and MACs
 with its own client namespace behind a veth, run the same small http.server service
 in two variants: port 8080 serves deterministic pages, port 8081 embeds a random
 token in /token.html.  curl fetches the same pages from the same client ports in both
-pairs at the same time; tcpdump records the VM-facing veth of each VM.
+pairs, the secondary's right after the primary's (the secondary lags, as in COLO);
+tcpdump records the VM-facing veth of each VM.  Both captures share the host's clock,
+so the strict counts use ``--align absolute``.
 """
 
 from __future__ import annotations
@@ -172,13 +174,11 @@ def _record(pairs: tuple[Pair, Pair], tmp: Path, service_port: int,
         for n, page in enumerate(PAGES):
             port = first_client_port + n
             outs = [tmp / f"{pair.name}-{n}.http" for pair in pairs]
-            curls = [subprocess.Popen(
-                ["ip", "netns", "exec", pair.client, "curl", "-sS", "--max-time", "20",
-                 "--local-port", str(port), "-i", "-o", str(out),
-                 f"http://{VM_IP}:{service_port}{page}"]) for pair, out in zip(pairs, outs,
-                                                                                strict=True)]
-            for curl in curls:
-                assert curl.wait(timeout=30) == 0, "curl failed"
+            # As in COLO, the secondary serves each request after the primary did.
+            for pair, out in zip(pairs, outs, strict=True):
+                _sh("ip", "netns", "exec", pair.client, "curl", "-sS", "--max-time", "20",
+                    "--local-port", str(port), "-i", "-o", str(out),
+                    f"http://{VM_IP}:{service_port}{page}")
             bodies[page] = (outs[0].read_bytes(), outs[1].read_bytes())
             ports[page] = port
         # The VMs' last ACKs follow curl's exit: let tcpdump see them (not an assert).
@@ -206,8 +206,8 @@ def _diff(rec: Recording, *args: str) -> str:
     return result.stdout
 
 
-def _diff_json(rec: Recording) -> dict[str, object]:
-    data = json.loads(_diff(rec, "--json"))
+def _diff_json(rec: Recording, *args: str) -> dict[str, object]:
+    data = json.loads(_diff(rec, "--json", *args))
     assert isinstance(data, dict)
     return data
 
@@ -223,7 +223,7 @@ def _first_difference(a: bytes, b: bytes) -> int:
 def test_deterministic_pages_match_without_checkpoints(deterministic: Recording) -> None:
     for primary, secondary in deterministic.bodies.values():
         assert primary == secondary  # the service really is deterministic
-    data = _diff_json(deterministic)
+    data = _diff_json(deterministic, "--align", "absolute")
     summary = data["summary"]
     assert isinstance(summary, dict)
     assert summary["checkpoints"] == 0, data["checkpoints"]
@@ -237,7 +237,7 @@ def test_deterministic_pages_match_without_checkpoints(deterministic: Recording)
         assert conn["matched"]["frames"] >= 1
         assert conn["checkpoints"] == []
         assert conn["first_divergence"] is None
-    text = _diff(deterministic)
+    text = _diff(deterministic, "--align", "absolute")
     assert "0 checkpoints requested" in text
     assert "DIVERGED" not in text
 
@@ -250,8 +250,10 @@ def test_token_page_diagnosis_json(token: Recording) -> None:
     token_end = p_body.index(b"</p>", token_start)
     assert token_start <= offset < token_end
 
-    data = _diff_json(token)
+    # A short checkpoint keeps the next page's connection clear of the token's checkpoint.
+    data = _diff_json(token, "--align", "absolute", "--checkpoint-latency", "1")
     assert data["primary"]["format"] == "pcap"  # type: ignore[index]
+    assert data["replay"]["align"] == "absolute"  # type: ignore[index]
     assert data["vm"] == {"ips": [VM_IP], "macs": [], "selected_by": "auto: TCP server role"}
     summary = data["summary"]
     assert isinstance(summary, dict)
@@ -287,13 +289,22 @@ def test_token_page_diagnosis_json(token: Recording) -> None:
     assert div["context"]["secondary"]["text"] == f"<p>token: {secondary_token}</p>"
     assert data["checkpoints"] == [checkpoint]
 
+    # Aligned on the captures' starts (the default), the diagnosis is the same.
+    data = _diff_json(token)
+    conn = next(c for c in data["connections"]  # type: ignore[attr-defined]
+                if c["connection"] == _key(TOKEN_PORT, token.ports["/token.html"]))
+    assert conn["first_divergence"]["reason"] == "payload-mismatch"
+    assert conn["first_divergence"]["offset"] == offset
+    assert conn["first_divergence"]["context"]["primary"]["text"] == (
+        f"<p>token: {primary_token}</p>")
+
 
 def test_token_page_diagnosis_text(token: Recording) -> None:
     p_body, s_body = token.bodies["/token.html"]
     token_start = p_body.index(b"token: ") + len(b"token: ")
     primary_token = p_body[token_start:p_body.index(b"</p>", token_start)].decode()
     offset = _first_difference(p_body, s_body)
-    lines = _diff(token).splitlines()
+    lines = _diff(token, "--align", "absolute").splitlines()
 
     header = _key(TOKEN_PORT, token.ports["/token.html"])
     start = next(i for i, line in enumerate(lines) if line.startswith(header))

@@ -269,3 +269,45 @@ def test_exact_keys_disables_pairing(tmp_path: Path) -> None:
     p, s = write_pair(tmp_path, conversation(PAGE % b"same"),
                       conversation(PAGE % b"same", client_port=40123))
     assert_one_line_error(run("--exact-keys", p, s), "share no connection")
+
+
+def test_absolute_alignment_keeps_the_lag_and_reports_timeouts(tmp_path: Path) -> None:
+    lagging = conversation(PAGE % b"same", start=1000.001)
+    p, s = write_pair(tmp_path, conversation(PAGE % b"same"), lagging)
+    data = diff_json("--align", "absolute", p, s)
+    assert data["summary"]["checkpoints"] == 0  # type: ignore[index]
+    # A secondary 10 s late: every primary frame waits past the compare timeout.
+    late = conversation(PAGE % b"same", start=1010.0)
+    p, s = write_pair(tmp_path, conversation(PAGE % b"same"), late)
+    data = diff_json("--align", "absolute", "--compare-timeout", "500", p, s)
+    [first, *_] = data["checkpoints"]  # type: ignore[misc]
+    assert first["reason"] == "timeout"
+    assert first["time_ms"] == pytest.approx(502.0, abs=0.01)  # SYN-ACK at 2 ms + 500 ms
+    assert first["trigger"] is None
+    # the same captures aligned on their starts match
+    assert diff_json(p, s)["summary"]["checkpoints"] == 0  # type: ignore[index]
+
+
+def test_secondary_output_already_covered_by_a_checkpoint_is_not_replayed(
+        tmp_path: Path) -> None:
+    # Connection A diverges; the primary serves connection B while that checkpoint is
+    # pending, so the checkpoint releases B's frames and synchronises the secondary:
+    # the secondary's (later) B output is covered, not a timeout.
+    primary = (conversation(PAGE % b"AAAA", client_port=40000)
+               + conversation(PAGE % b"same", client_port=40001, start=1000.020))
+    secondary = (conversation(PAGE % b"ZZZZ", client_port=40000, start=1000.005)
+                 + conversation(PAGE % b"same", client_port=40001, start=1000.100))
+    p, s = write_pair(tmp_path, primary, secondary)
+    data = diff_json("--align", "absolute", p, s)
+    assert [c["reason"] for c in data["checkpoints"]] == ["payload-mismatch"]  # type: ignore[attr-defined]
+    b = next(c for c in data["connections"]  # type: ignore[attr-defined]
+             if c["connection"].endswith(":40001"))
+    assert b["checkpoints"] == []
+    assert b["secondary"]["covered_by_checkpoint"] == b["secondary"]["frames"] == 5
+    assert b["released"]["checkpoint"] == 5
+    # With no checkpoint latency the checkpoint completes before B starts: B compares.
+    data = diff_json("--align", "absolute", "--checkpoint-latency", "0", p, s)
+    b = next(c for c in data["connections"]  # type: ignore[attr-defined]
+             if c["connection"].endswith(":40001"))
+    assert b["secondary"]["covered_by_checkpoint"] == 0
+    assert b["matched"]["frames"] == 5
