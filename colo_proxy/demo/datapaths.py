@@ -16,7 +16,8 @@ CLI = [sys.executable, "-c", "from colo_proxy.cli import main; main()"]
 
 def nfqueue_argv(topo: Topology, stats_interval: float) -> list[str]:
     return [*CLI, "run", "--datapath", "nfqueue", "--netns", topo.phost,
-            "--events", "-", "--stats-interval", str(stats_interval)]
+            "--pvm-if", topo.phost_pvm_if, "--fwd-if", topo.phost_fwd_if,
+            "--checkpoint", "flush", "--events", "-", "--stats-interval", str(stats_interval)]
 
 
 DATAPATHS: dict[str, Callable[[Topology, float], list[str]]] = {

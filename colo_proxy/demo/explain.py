@@ -1,6 +1,7 @@
-"""The divergence report of one checkpoint request, rendered with ``colo-proxy
-diff``'s functions (side-by-side hexdump with the differing bytes marked, and the
-decoded line the divergence falls in).
+"""The divergence report of one checkpoint request, built and rendered with
+``colo-proxy diff``'s own types and functions (``DivergenceReport``, its hexdump
+with the differing bytes marked, the decoded line the divergence falls in, and
+its ``Renderer``).
 
 The event carries the engine's Divergence (stream offset and up to 64 bytes of
 each side).  For a token request the driver also knows the primary's whole
@@ -11,19 +12,19 @@ divergence (that is what "first difference" means) followed by its 64 bytes.
 
 from __future__ import annotations
 
-from rich.text import Text
+from rich.console import Console
 
 from ..compare.model import Divergence
-from ..diff.context import decode_context, marker_line
-from ..diff.hexdump import hexdump_rows, render_plain, render_rich, window
-
-HEX_WIDTH = 8
-WINDOW_BYTES = 72
+from ..diff.context import decode_context
+from ..diff.hexdump import hexdump_rows, window
+from ..diff.render import Renderer
+from ..diff.report import HEX_WIDTH, WINDOW_BYTES, DivergenceReport
+from .events import CheckpointRequested
 
 
 def _streams(div: Divergence, primary: bytes | None,
              primary_pos: int) -> tuple[bytes, bytes, int]:
-    """(primary stream, secondary stream, base offset of both)."""
+    """(primary stream, secondary stream, stream offset of their first byte)."""
     at = div.offset - primary_pos
     if primary is not None and 0 <= at <= len(primary) \
             and primary.startswith(div.primary[:len(primary) - at], at):
@@ -31,23 +32,27 @@ def _streams(div: Divergence, primary: bytes | None,
     return div.primary, div.secondary, div.offset
 
 
-def divergence_lines(div: Divergence, primary: bytes | None = None, primary_pos: int = 0,
-                     styled: bool = False) -> list[str | Text]:
-    """Hexdump and decoded context of ``div``.  ``primary``: the primary's stream
+def divergence_report(cp: CheckpointRequested, primary: bytes | None = None,
+                      primary_pos: int = 0) -> DivergenceReport | None:
+    """``cp``'s divergence as the diff's report.  ``primary``: the primary's stream
     from stream offset ``primary_pos`` on, if known."""
+    div = cp.divergence
+    if div is None:
+        return None
     pstream, sstream, base = _streams(div, primary, primary_pos)
     at = div.offset - base
     start = max(0, (at // HEX_WIDTH - 1) * HEX_WIDTH)
     rows = hexdump_rows(window(pstream, None, start, start + WINDOW_BYTES),
                         window(sstream, None, start, start + WINDOW_BYTES),
                         base + start, base + start, HEX_WIDTH)
-    lines: list[str | Text] = []
-    lines.extend(render_rich(rows, HEX_WIDTH) if styled else render_plain(rows, HEX_WIDTH))
-    for side, stream, other in (("primary", pstream, sstream), ("secondary", sstream, pstream)):
-        ctx = decode_context(stream, at, other, at)
-        if ctx is None:
-            continue
-        lines.append(f"{side:9}  {ctx.label}:")
-        lines.append(f"           {ctx.text}")
-        lines.append(f"           {marker_line(ctx)}")
-    return lines
+    return DivergenceReport(
+        source="engine", reason=cp.reason, time_ms=cp.t * 1000.0, engine_offset=div.offset,
+        offset=div.offset, secondary_offset=div.offset, primary_bytes=div.primary,
+        secondary_bytes=div.secondary, rows=rows,
+        # Compared only as far as the secondary's bytes are known.
+        primary_context=decode_context(pstream[:len(sstream)], at, sstream, at),
+        secondary_context=decode_context(sstream, at, pstream, at))
+
+
+def print_divergence(console: Console, report: DivergenceReport) -> None:
+    Renderer(console).divergence(report)

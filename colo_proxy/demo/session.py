@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -51,18 +52,28 @@ class DemoOptions:
     ready_timeout: float = 30.0
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
-    previous = {s: signal.signal(s, _raise_interrupt) for s in _SIGNALS}
+    """SIGINT/SIGTERM/SIGHUP raise KeyboardInterrupt in this process only.
+
+    Libraries fork helpers (pyroute2 forks to reach into namespaces) and later stop
+    them with SIGTERM: a forked copy must die as by default instead of unwinding
+    through the demo's stack and running its cleanup."""
+    owner = os.getpid()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in _SIGNALS}
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 @contextlib.contextmanager
@@ -71,8 +82,8 @@ def _signals_ignored() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def _python_m(module: str) -> list[str]:
@@ -92,6 +103,7 @@ class Demo:
     # -- lifecycle -----------------------------------------------------------
 
     def run(self) -> int:
+        owner = os.getpid()
         ok = False
         try:
             with _signals_raise():
@@ -99,20 +111,21 @@ class Demo:
             ok = True
             return code
         finally:
-            with _signals_ignored():
-                if not ok:
-                    self.out.print("colo-proxy demo: cleaning up (namespaces, rules, "
-                                   "processes)...", style="yellow")
-                self.cleanup()
+            if os.getpid() == owner:  # never in a forked helper
+                with _signals_ignored():
+                    if not ok:
+                        self.out.print("colo-proxy demo: cleaning up (namespaces, rules, "
+                                       "processes)...", style="yellow")
+                    self.cleanup()
 
     def cleanup(self) -> None:
+        """Stop every child, kill whatever else lives in our namespaces, remove them."""
         for child in reversed(self.children):
             child.stop()
-        names = self.topo.namespaces() if self.topo else []
-        for name in names:
+        topo = self.topo or Topology(self.o.prefix)
+        for name in topo.namespaces():
             kill_netns_pids(name)
-        if self.topo is not None:
-            self.topo.destroy()
+        topo.destroy()
         shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def _start(self, name: str, netns: str, argv: list[str],
@@ -148,6 +161,7 @@ class Demo:
         datapath = self._start_datapath(topo)
         self._say(f"datapath {o.datapath} running in {topo.phost}; driving traffic for "
                   f"{o.duration:.0f} s.  {FLUSH_NOTE}")
+        self.state.restart_clock()
         driver = self._start("traffic", topo.client, [
             *_python_m("colo_proxy.demo.traffic"), "--server", topo.vm_ip,
             "--port", str(SERVICE_PORT), "--duration", str(o.duration),
@@ -166,7 +180,7 @@ class Demo:
         return 0
 
     def _say(self, text: str) -> None:
-        self.out.print(text, highlight=False)
+        self.out.print(text, highlight=False, soft_wrap=True)
 
     def _remove_leftovers(self) -> None:
         """Processes of a crashed run still living in our namespaces."""

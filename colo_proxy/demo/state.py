@@ -59,6 +59,11 @@ class DemoState:
     exit_reason: str | None = None
     datapath_log: list[str] = field(default_factory=list)
 
+    def restart_clock(self) -> None:
+        """Count time from now on (when the traffic starts)."""
+        with self.lock:
+            self.started = time.monotonic()
+
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 

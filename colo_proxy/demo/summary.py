@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .events import CheckpointRequested
-from .explain import divergence_lines
+from .explain import divergence_report, print_divergence
 from .state import DemoSnapshot, key_ports
 from .view import FLUSH_NOTE, human_bytes
 
@@ -153,42 +153,44 @@ def _explain(entry: dict[str, Any]) -> str:
 def print_summary(console: Console, summary: dict[str, Any], snap: DemoSnapshot) -> None:
     """The human-readable summary."""
     req, cps, conns = summary["requests"], summary["checkpoints"], summary["connections"]
+
+    def say(text: str | Text) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
     console.rule("colo-proxy demo: summary")
-    console.print(f"datapath {summary['datapath']}, ran {summary['duration_s']:.1f} s")
+    say(f"datapath {summary['datapath']}, traffic for {summary['duration_s']:.1f} s")
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(req["by_kind"].items()))
-    console.print(f"HTTP requests: {req['total']} sent, {req['complete']} complete responses, "
+    say(f"HTTP requests: {req['total']} sent, {req['complete']} complete responses, "
                   f"{req['failed']} failed  ({kinds})")
-    console.print(f"connections: {conns['total']} opened by the client "
+    say(f"connections: {conns['total']} opened by the client "
                   f"({conns['deterministic']} deterministic, {conns['token']} with a token), "
-                  f"{conns['seen_by_proxy']} seen by the proxy")
-    console.print(f"compared {human_bytes(int(summary['bytes_compared']))}, released "
+                  f"{conns['seen_by_proxy']} of them listed in the datapath's stats")
+    say(f"compared {human_bytes(int(summary['bytes_compared']))}, released "
                   f"{summary['frames_released']} frames")
     lat = summary["latency_ms"]
     if lat.get("count"):
-        console.print(f"release latency: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, "
+        say(f"release latency: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, "
                       f"max {lat['max']:.2f} ms over {int(lat['count'])} releases")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(cps["by_reason"].items())) or "none"
-    console.print(f"checkpoint requests: {cps['requested']} ({reasons}); flushes: "
+    say(f"checkpoint requests: {cps['requested']} ({reasons}); flushes: "
                   f"{cps['flushes']} (released {cps['released_by_flushes']} held primary "
                   f"frames, dropped {cps['dropped_by_flushes']} secondary frames)")
     bad = conns["deterministic_with_checkpoint"]
     if bad:
-        console.print(Text(f"deterministic connections that needed a checkpoint: {bad}",
+        say(Text(f"deterministic connections that needed a checkpoint: {bad}",
                            style="red"))
     else:
-        console.print(Text("every deterministic connection matched without a checkpoint",
+        say(Text("every deterministic connection matched without a checkpoint",
                            style="green"))
-    console.print(Text(FLUSH_NOTE, style="italic"))
+    say(Text(FLUSH_NOTE, style="italic"))
     for i, (entry, cp) in enumerate(zip(summary["checkpoint_list"], snap.checkpoints,
                                         strict=True), start=1):
         console.rule(f"checkpoint {i}: {entry['reason']} at {entry['t']:.2f} s", style="dim")
-        console.print(f"connection: {entry['key'] or '-'}")
-        console.print(_explain(entry))
-        if cp.divergence is not None:
-            primary, pos = _primary_stream(snap, entry)
-            for line in divergence_lines(cp.divergence, primary, pos,
-                                         styled=console.is_terminal):
-                console.print(line, highlight=False, markup=False, soft_wrap=True)
+        say(f"connection: {entry['key'] or '-'}")
+        say(_explain(entry))
+        report = divergence_report(cp, *_primary_stream(snap, entry))
+        if report is not None:
+            print_divergence(console, report)
     if req["failed"]:
-        console.print(Text(f"{req['failed']} requests failed, first: "
+        say(Text(f"{req['failed']} requests failed, first: "
                            f"{req['failures'][0].get('error')}", style="red"))
