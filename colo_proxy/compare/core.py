@@ -23,6 +23,7 @@ from .model import (
 )
 
 SIDES = (Side.PRIMARY, Side.SECONDARY)
+_new = tuple.__new__  # builds the decision NamedTuples without their Python-level __new__
 
 
 class Core:
@@ -69,7 +70,7 @@ class Core:
         """Drop a frame that was never held."""
         dropped = self.stats.dropped
         dropped[reason] = dropped.get(reason, 0) + 1
-        out.append(Drop(SIDES[side], tag, conn.key if conn else None, reason))
+        out.append(_new(Drop, (SIDES[side], tag, conn.key if conn else None, reason)))
 
     def hold(self, h: Held, out: list[Decision], now: float) -> None:
         """Account a newly held frame and check the soft limits."""
@@ -109,14 +110,18 @@ class Core:
 
     def release_held(self, h: Held, now: float, out: list[Decision]) -> None:
         """Release a held primary frame after a successful comparison."""
-        self._unhold(h)
+        h.done = True
+        h.data = b""
         conn = h.conn
+        conn.held_p -= 1
         conn.frames_matched += 1
         st = self.stats
+        st.held_frames_now -= 1
+        st.held_bytes_now -= h.size
         st.released += 1
         st.pairs_matched += 1
         held_ms = now - h.arrival
-        out.append(Release(h.tag, conn.key, held_ms if held_ms > 0.0 else 0.0))
+        out.append(_new(Release, (h.tag, conn.key, held_ms if held_ms > 0.0 else 0.0)))
         h.tag = None
 
     def release_now(self, conn: Conn, tag: object, out: list[Decision]) -> None:
@@ -125,7 +130,7 @@ class Core:
         st = self.stats
         st.released += 1
         st.pairs_matched += 1
-        out.append(Release(tag, conn.key, 0.0))
+        out.append(_new(Release, (tag, conn.key, 0.0)))
 
     def drop_held(self, h: Held, reason: DropReason, out: list[Decision]) -> None:
         """Drop a held secondary frame."""

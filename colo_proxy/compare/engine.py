@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from .conn import Conn
 from .core import Core
 from .datagram import FifoConn
-from .limits import evict_idle, over_hard_limit
+from .limits import evict_idle
 from .model import (
     Config,
     ConnKey,
@@ -56,17 +56,15 @@ class Engine(Core):
         size = len(frame)
         st.frames[s] += 1
         st.bytes[s] += size
-        parsed = parse(frame, vnet_hdr_len)
-        kind = parsed[0]
+        kind, key, a, b, c, d = parse(frame, vnet_hdr_len)
         if kind <= FIFO:  # TCP or FIFO
-            key = parsed[1]
             conns = self._conns
             conn = conns.get(key)
             if conn is None:
                 conn = self._new_conn(key, kind, now_ms, out)
             else:
                 conns.move_to_end(key)
-            if kind == FIFO and parsed[3]:
+            if kind == FIFO and b:
                 st.malformed += 1
             if conn is None:
                 st.overflow += 1
@@ -74,25 +72,25 @@ class Engine(Core):
             else:
                 if conn.epoch != self._epoch:
                     conn.rebase(self._epoch)
+                cfg = self.config
                 if conn.passthrough:
                     self._passthrough(s, conn, tag, out)
-                elif over_hard_limit(self.config, st, conn, s, size):
+                elif ((conn.held_s if s else conn.held_p) >= 2 * cfg.max_queue_per_conn
+                      or st.held_bytes_now + size > 2 * cfg.max_held_bytes):
                     st.overflow += 1
                     self.drop(s, tag, conn, DropReason.OVERFLOW, out)
                 elif kind == TCP:
                     tcp: TcpConn = conn  # type: ignore[assignment]
                     if s:
-                        tcp.secondary(self, parsed[2], parsed[3], parsed[4], parsed[5], size,
-                                      tag, now_ms, out)
+                        tcp.secondary(self, a, b, c, d, size, tag, now_ms, out)
                     else:
-                        tcp.primary(self, parsed[2], parsed[3], parsed[4], parsed[5], size,
-                                    tag, now_ms, out)
+                        tcp.primary(self, a, b, c, d, size, tag, now_ms, out)
                 else:
                     fifo: FifoConn = conn  # type: ignore[assignment]
                     if s:
-                        fifo.secondary(self, parsed[2], size, tag, now_ms, out)
+                        fifo.secondary(self, a, size, tag, now_ms, out)
                     else:
-                        fifo.primary(self, parsed[2], size, tag, now_ms, out)
+                        fifo.primary(self, a, size, tag, now_ms, out)
                 if conn.closed and not conn.held_p and not conn.held_s:
                     self._retire(conn)
         elif kind == CONTROL:
@@ -101,12 +99,15 @@ class Engine(Core):
             else:
                 st.control_passed += 1
                 st.released += 1
-                out.append(Release(tag, ConnKey(*parsed[1]), 0.0))
+                out.append(Release(tag, ConnKey(*key), 0.0))
         else:
             st.malformed += 1
             self.drop(s, tag, None, DropReason.MALFORMED, out)
-        if self._arrivals:
-            self.check_timeout(now_ms, out)
+        arrivals = self._arrivals
+        if arrivals:
+            head = arrivals[0]
+            if head.done or now_ms - head.arrival >= self.config.compare_timeout_ms:
+                self.check_timeout(now_ms, out)
         return out
 
     def tick(self, now_ms: float) -> list[Decision]:

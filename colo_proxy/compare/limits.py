@@ -1,8 +1,9 @@
 """Hard limits and idle-connection eviction (docs/compare.md, "Limits").
 
 Soft limits (crossing one requests a checkpoint) are checked where frames are held,
-in :meth:`.core.Core.hold`.  Here: the hard limits (twice the soft ones) that drop a
-frame with ``DropReason.OVERFLOW``, and the LRU eviction of idle connections.
+in :meth:`.core.Core.hold`; the hard limits (twice the soft ones, the frame is dropped
+with ``DropReason.OVERFLOW``) inline in :meth:`.engine.Engine.push` (hot path).  Here:
+the LRU eviction of idle connections.
 """
 
 from __future__ import annotations
@@ -10,17 +11,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from .conn import Conn
-from .model import Config, Counters
+from .model import Counters
 
 EVICT_SCAN = 16
 """Connections looked at (from the least recently used end) per eviction attempt."""
-
-
-def over_hard_limit(config: Config, stats: Counters, conn: Conn, side: int, size: int) -> bool:
-    """True if holding one more frame of ``size`` bytes would pass twice a soft limit."""
-    held = conn.held_s if side else conn.held_p
-    return (held >= 2 * config.max_queue_per_conn
-            or stats.held_bytes_now + size > 2 * config.max_held_bytes)
 
 
 def evict_idle(conns: OrderedDict[tuple[object, ...], Conn], stats: Counters) -> bool:

@@ -3,10 +3,13 @@
 ``parse(frame, vnet_hdr_len)`` returns one of
 
 * ``(TCP, key, seq, ack, flags, payload)``
-* ``(FIFO, key, compared_bytes, malformed)``  UDP, ICMP, other IP, fragments, non-IP,
-  and anything that cannot be parsed (``malformed`` True)
-* ``(CONTROL, key)``  ARP, IPv6 neighbour discovery, LLDP, 01:80:c2 link-local frames
-* ``(EMPTY,)``  nothing after the virtio-net header
+* ``(FIFO, key, compared_bytes, malformed, 0, b"")``  UDP, ICMP, other IP, fragments,
+  non-IP, and anything that cannot be parsed (``malformed`` True)
+* ``(CONTROL, key, 0, 0, 0, b"")``  ARP, IPv6 neighbour discovery, LLDP, 01:80:c2
+  link-local frames
+* ``(EMPTY, None, 0, 0, 0, b"")``  nothing after the virtio-net header
+
+Every result has six items so callers can unpack it in one step.
 
 ``key`` is a plain tuple laid out like :class:`~.model.ConnKey` (a NamedTuple compares
 and hashes like its plain tuple, so it finds a ConnKey in a dict without building one).
@@ -50,19 +53,46 @@ RAW_L3 = 0  # pseudo EtherType of frames too short for Ethernet and of 802.3/LLC
 _NOADDR = b""
 
 
+EMPTY_RESULT: Parsed = (EMPTY, None, 0, 0, 0, b"")
+# Ethernet type, IPv4 header up to the addresses, and the first four L4 bytes (ports).
+_FAST4 = struct.Struct("!12xHBBHHHBB2x4s4sHH").unpack_from
+_TCP_REST = struct.Struct("!IIBB").unpack_from  # seq ack doff flags
+
+
 def _opaque(frame: bytes, off: int, vlan: int, l3: int, malformed: bool) -> Parsed:
-    return (FIFO, (vlan, l3, _NOADDR, _NOADDR, 0, 0, 0, False), frame[off:], malformed)
+    return (FIFO, (vlan, l3, _NOADDR, _NOADDR, 0, 0, 0, False), frame[off:], malformed, 0, b"")
+
+
+def _control(key: Key) -> Parsed:
+    return (CONTROL, key, 0, 0, 0, b"")
 
 
 def parse(frame: bytes, off: int) -> Parsed:
     """Classify one frame; ``off`` is the virtio-net header length to skip."""
     n = len(frame)
+    if off >= 0 and n - off >= 38:
+        # Fast path: untagged IPv4 without options or fragmentation, TCP or UDP.
+        et, vihl, _tos, total, _ident, frag, _ttl, proto, src, dst, sport, dport = \
+            _FAST4(frame, off)
+        if et == ETH_IP4 and vihl == 0x45 and not frag & 0x3FFF and frame[off] != 1:
+            l3 = off + 14
+            end = l3 + total
+            if end <= n:
+                if proto == 6 and total >= 40:
+                    seq, ack, doff, flags = _TCP_REST(frame, l3 + 24)
+                    doff = (doff >> 4) << 2
+                    if 20 <= doff <= total - 20:
+                        return (TCP, (-1, 4, src, dst, 6, sport, dport, False), seq, ack, flags,
+                                frame[l3 + 20 + doff : end])
+                elif proto == 17 and total >= 28:
+                    return (FIFO, (-1, 4, src, dst, 17, sport, dport, False),
+                            frame[l3 + 20 : l3 + 26] + frame[l3 + 28 : end], False, 0, b"")
     if off < 0 or off > n:
         if not n:
-            return (EMPTY,)
+            return EMPTY_RESULT
         return _opaque(frame, 0, -1, RAW_L3, True)
     if off == n:
-        return (EMPTY,)
+        return EMPTY_RESULT
     if n - off < 14:
         return _opaque(frame, off, -1, RAW_L3, True)
     et = _U16(frame, off + 12)[0]
@@ -79,13 +109,13 @@ def parse(frame: bytes, off: int) -> Parsed:
             l3 += 4
             tags += 1
     if frame[off] == 1 and frame[off : off + 5] == LINK_LOCAL_MAC:
-        return (CONTROL, (vlan, et if et >= 0x600 else RAW_L3, _NOADDR, _NOADDR, 0, 0, 0, False))
+        return _control((vlan, et if et >= 0x600 else RAW_L3, _NOADDR, _NOADDR, 0, 0, 0, False))
     if et == ETH_IP4:
         return _ip4(frame, off, l3, vlan)
     if et == ETH_IP6:
         return _ip6(frame, off, l3, vlan)
     if et in CONTROL_ETHERTYPES:
-        return (CONTROL, (vlan, et, _NOADDR, _NOADDR, 0, 0, 0, False))
+        return _control((vlan, et, _NOADDR, _NOADDR, 0, 0, 0, False))
     if et < 0x600:
         return _opaque(frame, off, vlan, RAW_L3, False)
     return _opaque(frame, off, vlan, et, False)
@@ -106,7 +136,7 @@ def _ip4(frame: bytes, off: int, l3: int, vlan: int) -> Parsed:
     if frag & 0x3FFF:
         # Fragment offset and MF; DF and the IP ID are not compared.
         head = (frag & 0x3FFF).to_bytes(2, "big")
-        return (FIFO, (vlan, 4, src, dst, proto, 0, 0, True), head + frame[l4:end], False)
+        return (FIFO, (vlan, 4, src, dst, proto, 0, 0, True), head + frame[l4:end], False, 0, b"")
     if proto == 6:
         return _tcp(frame, off, l4, end, vlan, 4, src, dst, ETH_IP4)
     if proto == 17:
@@ -121,7 +151,7 @@ def _ip4(frame: bytes, off: int, l3: int, vlan: int) -> Parsed:
     sport = dport = 0
     if proto in PORT_PROTOS and end - l4 >= 4:
         sport, dport = _PORTS(frame, l4)
-    return (FIFO, (vlan, 4, src, dst, proto, sport, dport, False), bytes(masked), False)
+    return (FIFO, (vlan, 4, src, dst, proto, sport, dport, False), bytes(masked), False, 0, b"")
 
 
 def _ip6(frame: bytes, off: int, l3: int, vlan: int) -> Parsed:
@@ -151,7 +181,7 @@ def _ip6(frame: bytes, off: int, l3: int, vlan: int) -> Parsed:
             fo = _U16(frame, p + 2)[0] & 0xFFF9  # offset (13 bits) and M; reserved bits out
             if fo:
                 data = fo.to_bytes(2, "big") + frame[p + 8 : end]
-                return (FIFO, (vlan, 6, src, dst, nxt, 0, 0, True), data, False)
+                return (FIFO, (vlan, 6, src, dst, nxt, 0, 0, True), data, False, 0, b"")
             p += 8  # atomic fragment: a whole packet, parse on
             nh = nxt
         else:
@@ -164,7 +194,7 @@ def _ip6(frame: bytes, off: int, l3: int, vlan: int) -> Parsed:
         return _udp(frame, off, p, end, vlan, 6, src, dst, ETH_IP6)
     if nh == 58:
         if end - p >= 4 and frame[p] in ND_TYPES:
-            return (CONTROL, (vlan, 6, src, dst, 58, 0, 0, False))
+            return _control((vlan, 6, src, dst, 58, 0, 0, False))
         return _icmp(frame, off, p, end, vlan, 6, src, dst, 58, ETH_IP6)
     masked = bytearray(frame[l3:end])
     masked[1] &= 0xC0  # ECN bits and the flow label's top nibble
@@ -173,7 +203,7 @@ def _ip6(frame: bytes, off: int, l3: int, vlan: int) -> Parsed:
     sport = dport = 0
     if nh in PORT_PROTOS and end - p >= 4:
         sport, dport = _PORTS(frame, p)
-    return (FIFO, (vlan, 6, src, dst, nh, sport, dport, False), bytes(masked), False)
+    return (FIFO, (vlan, 6, src, dst, nh, sport, dport, False), bytes(masked), False, 0, b"")
 
 
 def _tcp(
@@ -197,7 +227,7 @@ def _udp(
     sport, dport = _PORTS(frame, l4)
     # Ports and length, then everything up to the IP end; the checksum is skipped.
     return (FIFO, (vlan, l3, src, dst, 17, sport, dport, False),
-            frame[l4 : l4 + 6] + frame[l4 + 8 : end], False)
+            frame[l4 : l4 + 6] + frame[l4 + 8 : end], False, 0, b"")
 
 
 def _icmp(
@@ -216,4 +246,4 @@ def _icmp(
         return _opaque(frame, off, vlan, et, True)
     # Type and code, then the rest of the header and the payload; the checksum is skipped.
     return (FIFO, (vlan, l3, src, dst, proto, 0, 0, False),
-            frame[l4 : l4 + 2] + frame[l4 + 4 : end], False)
+            frame[l4 : l4 + 2] + frame[l4 + 4 : end], False, 0, b"")

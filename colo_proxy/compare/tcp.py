@@ -28,9 +28,10 @@ CTL = SYN | FIN | RST
 MASK = 0xFFFFFFFF
 HALF = 0x80000000
 REANCHOR_WINDOW = 16 << 20
-"""After a checkpoint, a secondary segment whose sequence number, read in the primary's
-numbering, lies this far or less behind the primary's next offset is taken to use the
-primary's numbering (a retransmission); anything else is re-anchored at the next offset."""
+"""After a checkpoint the secondary takes the primary's numbering when its first segment
+with data, read in it, lies at the primary's next offset or at most this far behind it
+(a retransmission); anything else is anchored at the next offset.  A connection first
+seen mid-stream uses a window of 0: only an exact landing means shared numbering."""
 
 
 def sdiff(a: int, b: int) -> int:
@@ -142,11 +143,55 @@ class TcpConn(Conn):
 
     def primary(self, core: Core, seq: int, ack: int, flags: int, payload: bytes, size: int,
                 tag: object, now: float, out: list[Decision]) -> None:
+        aseq = self.p_aseq
+        n = len(payload)
+        if n and aseq >= 0 and not flags & CTL and not self.diverged and self.s_fin is None \
+                and not self.s_rst:
+            # Fast paths: in-order data, the secondary behind or exactly ahead.
+            off = self.p_aoff + (((seq - aseq + HALF) & MASK) - HALF)
+            s_pend = self.s_pend
+            if off == self.v + len(self.p_pend) and not self.p_ooo and (
+                    not s_pend or (len(s_pend) >= n and s_pend.startswith(payload))):
+                end = off + n
+                if flags & ACK:
+                    m = self.p_max_ack
+                    if m < 0 or ((ack - m + HALF) & MASK) - HALF > 0:
+                        self.p_max_ack = ack
+                else:
+                    ack = -1
+                if end > self.p_next:
+                    self.p_next = end
+                self.p_aseq = (seq + n) & MASK
+                self.p_aoff = end
+                q = self.p_q
+                if not s_pend:
+                    self.p_pend += payload
+                    h = Held(0, tag, self, now, size, end, ack, flags)
+                    q.append(h)
+                    core.hold(h, out, now)
+                    return
+                del s_pend[:n]
+                self.v = end
+                self.bytes_matched += n
+                core.stats.bytes_compared += n
+                m = self.s_max_ack
+                if not q and (ack < 0 or (m >= 0 and ((ack - m + HALF) & MASK) <= HALF)):
+                    core.release_now(self, tag, out)
+                else:
+                    h = Held(0, tag, self, now, size, end, ack, flags)
+                    q.append(h)
+                    core.hold(h, out, now)
+                self._settle(core, now, out)
+                return
+        self._primary_slow(core, seq, ack, flags, payload, size, tag, now, out)
+
+    def _primary_slow(self, core: Core, seq: int, ack: int, flags: int, payload: bytes,
+                      size: int, tag: object, now: float, out: list[Decision]) -> None:
         if self.p_aseq < 0:
             if flags & SYN:
                 self.p_aseq, self.p_aoff = seq, -1
             elif self.s_aseq >= 0 and not self.s_reanchor:
-                self.p_aseq, self.p_aoff = self.s_aseq, self.s_aoff
+                self.p_aseq, self.p_aoff = self._align(seq, self.s_aseq, self.s_aoff, 0)
             else:
                 self.p_aseq, self.p_aoff = seq, self.v
         off = self.p_aoff + (((seq - self.p_aseq + HALF) & MASK) - HALF)
@@ -254,6 +299,34 @@ class TcpConn(Conn):
         if self.diverged:
             core.drop(1, tag, self, DropReason.DIVERGED, out)
             return
+        aseq = self.s_aseq
+        n = len(payload)
+        if n and aseq >= 0 and not flags & CTL and not self.s_reanchor and not self.s_pend \
+                and not self.s_ooo and self.p_fin is None and not self.p_rst:
+            # Fast path: in-order data that the primary already sent, all of it.
+            off = self.s_aoff + (((seq - aseq + HALF) & MASK) - HALF)
+            p_pend = self.p_pend
+            if off == self.v and len(p_pend) >= n and p_pend.startswith(payload):
+                end = off + n
+                del p_pend[:n]
+                self.v = end
+                if end > self.s_next:
+                    self.s_next = end
+                self.s_aseq = (seq + n) & MASK
+                self.s_aoff = end
+                self.bytes_matched += n
+                core.stats.bytes_compared += n
+                if flags & ACK:
+                    m = self.s_max_ack
+                    if m < 0 or ((ack - m + HALF) & MASK) - HALF > 0:
+                        self.s_max_ack = ack
+                core.drop(1, tag, self, DropReason.MATCHED, out)
+                self._settle(core, now, out)
+                return
+        self._secondary_slow(core, seq, ack, flags, payload, size, tag, now, out)
+
+    def _secondary_slow(self, core: Core, seq: int, ack: int, flags: int, payload: bytes,
+                        size: int, tag: object, now: float, out: list[Decision]) -> None:
         changed = False
         n = len(payload)
         ctl = flags & CTL
@@ -331,23 +404,32 @@ class TcpConn(Conn):
             self.s_reanchor = False
             if flags & SYN:
                 self.s_aseq, self.s_aoff = seq, -1
-                return
-            p_off = self.p_aoff + sdiff(seq, self.p_aseq)
-            if self.v - REANCHOR_WINDOW <= p_off <= self.v:
-                self.s_aseq, self.s_aoff = self.p_aseq, self.p_aoff
             else:
-                self.s_aseq, self.s_aoff = seq, self.v
+                self.s_aseq, self.s_aoff = self._align(seq, self.p_aseq, self.p_aoff,
+                                                       REANCHOR_WINDOW)
         elif self.s_aseq < 0:
             if flags & SYN:
                 self.s_aseq, self.s_aoff = seq, -1
             elif self.p_aseq >= 0:
-                self.s_aseq, self.s_aoff = self.p_aseq, self.p_aoff
+                self.s_aseq, self.s_aoff = self._align(seq, self.p_aseq, self.p_aoff, 0)
             else:
                 self.s_aseq, self.s_aoff = seq, self.v
         elif flags & SYN and self.s_aoff + sdiff(seq, self.s_aseq) != -1 and not self.busy:
             # A new SYN on the same ports (the secondary is first): a new connection.
             self._fresh()
             self.s_aseq, self.s_aoff = seq, -1
+
+    def _align(self, seq: int, aseq: int, aoff: int, window: int) -> tuple[int, int]:
+        """Numbering for a side's first segment without a SYN of its own.
+
+        The other side's numbering ``(aseq, aoff)`` is taken when ``seq`` read in it lands
+        at the verified offset ``v`` or at most ``window`` bytes behind it (a
+        retransmission); otherwise ``seq`` is anchored at ``v``.
+        """
+        off = aoff + sdiff(seq, aseq)
+        if self.v - window <= off <= self.v:
+            return aseq, aoff
+        return seq, self.v
 
     def _secondary_fin_rst(self, core: Core, flags: int, end: int, now: float,
                            out: list[Decision]) -> bool:
@@ -462,14 +544,23 @@ class TcpConn(Conn):
                 and self.v >= self.p_fin:
             self.fin_ok = True
         q = self.p_q
+        v = self.v
         while q:
             h = q[0]
-            if not self._releasable(h.end, h.ack, h.flags):
+            if h.end > v:
                 break
+            ack = h.ack
+            if ack >= 0:
+                m = self.s_max_ack
+                if m < 0 or ((ack - m + HALF) & MASK) > HALF:
+                    break
+            if h.flags & CTL:
+                if not self._releasable(h.end, ack, h.flags):
+                    break
+                if h.flags & (FIN | RST):
+                    self.closed = True
             q.popleft()
             core.release_held(h, now, out)
-            if h.flags & (FIN | RST):
-                self.closed = True
         q = self.s_q
         while q and self._consumed(q[0].end, q[0].flags):
             core.drop_held(q.popleft(), DropReason.MATCHED, out)

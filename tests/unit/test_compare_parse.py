@@ -203,13 +203,13 @@ def test_ipv6_extension_headers_are_walked() -> None:
 
 def test_fragments_get_a_pseudo_connection() -> None:
     frame = bytes(eth(IP(src=GUEST4, dst=CLIENT4, flags="MF", frag=0, proto=17) / Raw(b"x" * 16)))
-    kind, key, data, malformed = parse(frame, 0)
+    kind, key, data, malformed, _, _ = parse(frame, 0)
     assert kind == kinds.FIFO and not malformed
     assert data == b"\x20\x00" + b"x" * 16  # MF, offset 0, then the fragment's bytes
     assert ConnKey(*key).frag and ConnKey(*key).proto == 17
     assert (ConnKey(*key).sport, ConnKey(*key).dport) == (0, 0)
     six = bytes(eth(ip(v6=True) / IPv6ExtHdrFragment(offset=3, m=1, nh=17, id=9) / Raw(b"y" * 8)))
-    kind6, key6, data6, _ = parse(six, 0)
+    kind6, key6, data6, *_ = parse(six, 0)
     assert kind6 == kinds.FIFO and ConnKey(*key6).frag and ConnKey(*key6).l3 == 6
     assert data6 == (3 * 8 + 1).to_bytes(2, "big") + b"y" * 8
 
@@ -229,7 +229,7 @@ def test_control_frames(frame: bytes) -> None:
 @pytest.mark.parametrize(("frame", "vnet"), [
     (b"", 0), (b"\x00" * 12, 12)], ids=["empty", "only-vnet-header"])
 def test_empty(frame: bytes, vnet: int) -> None:
-    assert parse(frame, vnet) == (kinds.EMPTY,)
+    assert parse(frame, vnet)[0] == kinds.EMPTY
 
 
 def _corrupt(frame: bytes, at: int, value: int) -> bytes:
@@ -246,7 +246,7 @@ def _corrupt(frame: bytes, at: int, value: int) -> bytes:
     (tcp(1, b"", v6=True)[:50], 0),  # truncated IPv6
 ])
 def test_malformed_is_compared_opaquely(frame: bytes, vnet: int) -> None:
-    kind, key, data, malformed = parse(frame, vnet)
+    kind, key, data, malformed, *_ = parse(frame, vnet)
     assert (kind, malformed) == (kinds.FIFO, True)
     assert ConnKey(*key).src == b""
     assert data == (frame[vnet:] if vnet <= len(frame) else frame)

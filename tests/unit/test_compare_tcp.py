@@ -336,10 +336,19 @@ def test_checkpoint_secondary_ack_is_reset_to_the_primarys() -> None:
     assert h.p(tcp(PISN + 3, flags="A", ack=ACK + 41), "p-ack2") == []
 
 
-def test_mid_stream_start_without_syn() -> None:
+@pytest.mark.parametrize("delta", [0, 77, -77, 2**31])
+@pytest.mark.parametrize("first", ["primary", "secondary"])
+def test_mid_stream_start_without_syn(delta: int, first: str) -> None:
     h = Harness()
-    assert h.p(tcp(777_000, b"late"), "p1") == []
-    assert h.s(tcp(777_000, b"late"), "s1") == [("drop", "s1", MATCHED), ("release", "p1")]
+    pseq, sseq = 777_000, 777_000 + delta
+    if first == "primary":
+        assert h.p(tcp(pseq, b"late"), "p1") == []
+        assert h.s(tcp(sseq, b"late"), "s1") == [("drop", "s1", MATCHED), ("release", "p1")]
+    else:
+        assert h.s(tcp(sseq, b"late"), "s1") == []
+        assert h.p(tcp(pseq, b"late"), "p1") == [("release", "p1"), ("drop", "s1", MATCHED)]
+    h.p(tcp(pseq + 4, b"r"), "p2")
+    assert h.s(tcp(sseq + 4, b"r"), "s2") == [("drop", "s2", MATCHED), ("release", "p2")]
     assert h.requests == []
 
 
