@@ -81,15 +81,19 @@ class Core:
         conn = h.conn
         if h.side:
             conn.held_s += 1
-            count = conn.held_s
         else:
             conn.held_p += 1
-            count = conn.held_p
+        self.check_limits(conn, h.side, out, now)
+
+    def check_limits(self, conn: Conn, side: int, out: list[Decision], now: float) -> None:
+        """Request a checkpoint when a soft limit is crossed (once per checkpoint)."""
+        st = self.stats
+        count = conn.held_s if side else conn.held_p
         cfg = self.config
         if count > cfg.max_queue_per_conn and not conn.queue_flag:
             conn.queue_flag = True
             self.request(Reason.QUEUE_LIMIT, conn,
-                         f"{count} {SIDES[h.side]} frames held (limit {cfg.max_queue_per_conn})",
+                         f"{count} {SIDES[side]} frames held (limit {cfg.max_queue_per_conn})",
                          now, None, out)
         if st.held_bytes_now > cfg.max_held_bytes and not self._memory_flag:
             self._memory_flag = True

@@ -18,7 +18,7 @@ from collections import deque
 
 from .conn import NO_DATA, Conn, Held, divergence, first_difference
 from .core import Core
-from .model import ConnKey, Decision, DropReason, Reason
+from .model import ConnKey, Decision, Drop, DropReason, Reason, Side
 
 FIN = 0x01
 SYN = 0x02
@@ -27,6 +27,9 @@ ACK = 0x10
 CTL = SYN | FIN | RST
 MASK = 0xFFFFFFFF
 HALF = 0x80000000
+MATCHED = DropReason.MATCHED
+SECONDARY = Side.SECONDARY
+_new = tuple.__new__
 REANCHOR_WINDOW = 16 << 20
 """After a checkpoint the secondary takes the primary's numbering when its first segment
 with data, read in it, lies at the primary's next offset or at most this far behind it
@@ -168,7 +171,15 @@ class TcpConn(Conn):
                     self.p_pend += payload
                     h = Held(0, tag, self, now, size, end, ack, flags)
                     q.append(h)
-                    core.hold(h, out, now)
+                    # core.hold(), inlined for the pipelined case
+                    core._arrivals.append(h)
+                    st = core.stats
+                    st.held_frames_now += 1
+                    st.held_bytes_now += size
+                    self.held_p += 1
+                    if self.held_p > core.config.max_queue_per_conn \
+                            or st.held_bytes_now > core.config.max_held_bytes:
+                        core.check_limits(self, 0, out, now)
                     return
                 del s_pend[:n]
                 self.v = end
@@ -320,7 +331,23 @@ class TcpConn(Conn):
                     m = self.s_max_ack
                     if m < 0 or ((ack - m + HALF) & MASK) - HALF > 0:
                         self.s_max_ack = ack
-                core.drop(1, tag, self, DropReason.MATCHED, out)
+                # core.drop(MATCHED) and the common case of _settle(), inlined
+                dropped = core.stats.dropped
+                dropped[MATCHED] = dropped.get(MATCHED, 0) + 1
+                out.append(_new(Drop, (SECONDARY, tag, self.key, MATCHED)))
+                q = self.p_q
+                if q:
+                    h = q[0]
+                    ack = h.ack
+                    m = self.s_max_ack
+                    if h.end <= end and not h.flags & CTL and (
+                            ack < 0 or (m >= 0 and ((ack - m + HALF) & MASK) <= HALF)):
+                        q.popleft()
+                        core.release_held(h, now, out)
+                        if not q or q[0].end > end:
+                            if self.s_q:
+                                self._settle(core, now, out)
+                            return
                 self._settle(core, now, out)
                 return
         self._secondary_slow(core, seq, ack, flags, payload, size, tag, now, out)
