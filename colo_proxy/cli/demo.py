@@ -20,8 +20,10 @@ from ..demo.datapaths import DATAPATHS
               help="Rich live view or plain progress lines [default: live on a terminal].")
 @click.option("--token-interval", type=click.FloatRange(min=0.0), default=2.0,
               show_default=True, help="Seconds between /session (random token) requests; 0: none.")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep the children's output here (datapath events, driver lines, stderr).")
 def demo(*, duration: float, datapath: str, prefix: str, as_json: bool, live: bool | None,
-         token_interval: float) -> None:
+         token_interval: float, log_dir: str | None) -> None:
     """COLO output comparison protecting real HTTP traffic between namespaces (root).
 
     Builds client, primary host, PVM, secondary host and SVM namespaces, runs the
@@ -31,7 +33,8 @@ def demo(*, duration: float, datapath: str, prefix: str, as_json: bool, live: bo
     from ..demo.session import DemoOptions, run_demo
 
     run_demo(DemoOptions(duration=duration, datapath=datapath, prefix=prefix,
-                         as_json=as_json, live=live, token_interval=token_interval))
+                         as_json=as_json, live=live, token_interval=token_interval,
+                         log_dir=log_dir))
 
 
 COMMANDS = [demo]

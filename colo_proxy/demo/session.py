@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -50,6 +50,9 @@ class DemoOptions:
     token_interval: float = 2.0
     stats_interval: float = 0.5
     ready_timeout: float = 30.0
+    log_dir: str | None = None
+    """Keep the children's output (stdout lines, stderr) here; default: a temporary
+    directory removed at the end."""
 
 
 @contextlib.contextmanager
@@ -97,7 +100,12 @@ class Demo:
         self.state = DemoState()
         self.children: list[Child] = []
         self.topo: Topology | None = None
-        self.log_dir = Path(tempfile.mkdtemp(prefix="colo-demo-"))
+        if options.log_dir is not None:
+            self.log_dir = Path(options.log_dir)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.log_dir = Path(tempfile.mkdtemp(prefix="colo-demo-"))
+        self._stdout_logs: dict[str, IO[str]] = {}
         self.live = options.live if options.live is not None else self.out.is_terminal
 
     # -- lifecycle -----------------------------------------------------------
@@ -126,7 +134,10 @@ class Demo:
         for name in topo.namespaces():
             kill_netns_pids(name)
         topo.destroy()
-        shutil.rmtree(self.log_dir, ignore_errors=True)
+        for f in self._stdout_logs.values():
+            f.close()
+        if self.o.log_dir is None:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def _start(self, name: str, netns: str, argv: list[str],
                events: bool = False, driver: bool = False) -> Child:
@@ -140,10 +151,21 @@ class Demo:
         self.children.append(child)
         return child
 
+    def _keep(self, name: str, line: str) -> None:
+        """With --log-dir, every stdout line of a child goes to <name>.out too."""
+        if self.o.log_dir is None:
+            return
+        f = self._stdout_logs.get(name)
+        if f is None:
+            f = self._stdout_logs[name] = open(self.log_dir / f"{name}.out", "w")  # noqa: SIM115
+        f.write(line + "\n")
+
     def _datapath_line(self, name: str, line: str) -> None:
+        self._keep(name, line)
         self.state.on_datapath_event(parse_event(line))
 
     def _driver_line(self, name: str, line: str) -> None:
+        self._keep(name, line)
         self.state.on_driver_line(line)
 
     # -- the run ---------------------------------------------------------------
@@ -241,6 +263,7 @@ class Demo:
                     next_line += 1.0
                 time.sleep(0.1)
         driver.stop()
+        self.state.stop_clock()
 
     def _render(self) -> Any:
         return render_live(self.state.snapshot(), self.o.duration, self.o.datapath)

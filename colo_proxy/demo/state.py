@@ -47,6 +47,8 @@ class ConnView:
 @dataclass
 class DemoState:
     started: float = field(default_factory=time.monotonic)
+    stopped: float | None = None
+    """When the traffic ended (the clock stops there)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: list[dict[str, Any]] = field(default_factory=list)
     driver_done: dict[str, Any] | None = None
@@ -58,14 +60,20 @@ class DemoState:
     flushes: list[CheckpointDone] = field(default_factory=list)
     exit_reason: str | None = None
     datapath_log: list[str] = field(default_factory=list)
+    latency_windows: list[dict[str, float]] = field(default_factory=list)
+    """``latency_ms`` of every stats event that saw releases (one per interval)."""
 
     def restart_clock(self) -> None:
         """Count time from now on (when the traffic starts)."""
         with self.lock:
             self.started = time.monotonic()
 
+    def stop_clock(self) -> None:
+        with self.lock:
+            self.stopped = time.monotonic()
+
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return (self.stopped or time.monotonic()) - self.started
 
     def on_datapath_event(self, event: Event) -> None:
         with self.lock:
@@ -74,6 +82,8 @@ class DemoState:
                     self.ready = True
                 case Stats():
                     self.stats = event
+                    if event.latency_ms.get("count"):
+                        self.latency_windows.append(event.latency_ms)
                     for conn in event.connections:
                         self._merge_conn(conn, event.t)
                 case CheckpointRequested():
@@ -117,7 +127,8 @@ class DemoState:
             return DemoSnapshot(
                 elapsed=self.elapsed(), ready=self.ready, requests=list(self.requests),
                 stats=self.stats, conns=dict(self.conns), checkpoints=list(self.checkpoints),
-                flushes=list(self.flushes), exit_reason=self.exit_reason)
+                flushes=list(self.flushes), exit_reason=self.exit_reason,
+                latency_windows=list(self.latency_windows))
 
 
 @dataclass
@@ -130,6 +141,29 @@ class DemoSnapshot:
     checkpoints: list[CheckpointRequested]
     flushes: list[CheckpointDone]
     exit_reason: str | None
+    latency_windows: list[dict[str, float]]
+
+    def latency_last(self) -> dict[str, float]:
+        """The latest stats interval that released anything."""
+        return self.latency_windows[-1] if self.latency_windows else {}
+
+    def latency_run(self) -> dict[str, float]:
+        """Over the whole run, from the per-interval figures: releases, the
+        release-weighted median of the interval medians, the worst interval p99,
+        the maximum."""
+        wins = self.latency_windows
+        if not wins:
+            return {}
+        total = sum(w["count"] for w in wins)
+        acc = 0.0
+        median = 0.0
+        for w in sorted(wins, key=lambda w: w["p50"]):
+            acc += w["count"]
+            if acc >= total / 2:
+                median = w["p50"]
+                break
+        return {"count": total, "p50": median, "p99": max(w["p99"] for w in wins),
+                "max": max(w["max"] for w in wins)}
 
     def counter(self, name: str) -> Any:
         return self.stats.counters.get(name) if self.stats else None

@@ -127,7 +127,7 @@ def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[st
         "checkpoint_list": checkpoints,
         "bytes_compared": counters.get("bytes_compared", 0),
         "frames_released": counters.get("released", 0),
-        "latency_ms": snap.stats.latency_ms if snap.stats else {},
+        "latency_ms": snap.latency_run(),
         "counters": counters,
         "datapath_exit": snap.exit_reason,
     }
@@ -169,8 +169,9 @@ def print_summary(console: Console, summary: dict[str, Any], snap: DemoSnapshot)
                   f"{summary['frames_released']} frames")
     lat = summary["latency_ms"]
     if lat.get("count"):
-        say(f"release latency: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, "
-                      f"max {lat['max']:.2f} ms over {int(lat['count'])} releases")
+        say(f"release latency (PVM frame hold time): median {lat['p50']:.2f} ms, worst "
+            f"interval p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms over "
+            f"{int(lat['count'])} releases")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(cps["by_reason"].items())) or "none"
     say(f"checkpoint requests: {cps['requested']} ({reasons}); flushes: "
                   f"{cps['flushes']} (released {cps['released_by_flushes']} held primary "

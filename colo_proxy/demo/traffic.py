@@ -17,6 +17,7 @@ server's byte stream of that connection, i.e. the stream offsets the proxy uses.
 from __future__ import annotations
 
 import argparse
+import errno
 import http.client
 import json
 import signal
@@ -27,6 +28,8 @@ from types import FrameType
 
 from .content import SESSION_PATH, STATIC, TOKEN_RE, expected_body, session_body
 
+FIRST_PORT, LAST_PORT = 20000, 60999
+"""Client ports, used in turn."""
 KEEPALIVE_PATHS = ["/", "/static/small.txt", "/static/page.html", "/static/image.bin"]
 NEW_CONN_PATHS = ["/static/bundle.js", "/", "/static/page.html"]
 
@@ -78,6 +81,7 @@ class Driver:
         self.n = 0
         self.conns = 0
         self.results: list[RequestResult] = []
+        self.next_port = FIRST_PORT
 
     def _emit(self, result: RequestResult) -> None:
         self.results.append(result)
@@ -132,10 +136,29 @@ class Driver:
                            f"({len(body)} bytes, expected {len(expected or b'')})")
         return True, None
 
+    def _connect(self) -> http.client.HTTPConnection:
+        """A connection from a client port not used before in this run, so that the
+        proxy's connection keys name one connection each (the kernel would reuse
+        the port of a connection the server closed at once)."""
+        for _ in range(100):
+            port = self.next_port
+            self.next_port = FIRST_PORT if port >= LAST_PORT else port + 1
+            conn = http.client.HTTPConnection(self.server, self.port, timeout=self.timeout,
+                                              source_address=("", port))
+            try:
+                conn.connect()
+            except OSError as exc:
+                conn.close()
+                if exc.errno == errno.EADDRINUSE:
+                    continue
+                # Anything else: the request reconnects and reports the error.
+            return conn
+        return http.client.HTTPConnection(self.server, self.port, timeout=self.timeout)
+
     def connection(self, kind: str, paths: list[str]) -> None:
         """Requests on one new connection; the last one asks the server to close."""
         self.conns += 1
-        conn = http.client.HTTPConnection(self.server, self.port, timeout=self.timeout)
+        conn = self._connect()
         pos = 0
         try:
             for i, path in enumerate(paths):

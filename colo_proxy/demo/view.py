@@ -28,11 +28,11 @@ def _num(value: Any) -> int:
 
 
 def _latency(snap: DemoSnapshot) -> str:
-    lat = snap.stats.latency_ms if snap.stats else {}
+    lat = snap.latency_last()
     if not lat.get("count"):
         return "-"
     return (f"p50 {lat.get('p50', 0):.2f} ms  p99 {lat.get('p99', 0):.2f} ms  "
-            f"max {lat.get('max', 0):.2f} ms  ({int(lat['count'])} releases)")
+            f"max {lat.get('max', 0):.2f} ms  ({int(lat['count'])} releases, last interval)")
 
 
 def _reasons(snap: DemoSnapshot) -> str:
@@ -79,7 +79,8 @@ def render_live(snap: DemoSnapshot, duration: float, datapath: str) -> Renderabl
     conns.add_column("bytes matched", justify="right")
     conns.add_column("held P/S", justify="right")
     conns.add_column("checkpoints", justify="right")
-    recent = sorted(snap.conns.values(), key=lambda c: c.last_seen, reverse=True)[:8]
+    recent = sorted(snap.conns.values(), key=lambda c: (c.last_seen, c.bytes_matched),
+                    reverse=True)[:8]
     for c in recent:
         conns.add_row(c.key, str(c.frames_matched), human_bytes(c.bytes_matched),
                       f"{c.held_primary}/{c.held_secondary}",

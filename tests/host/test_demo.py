@@ -1,0 +1,185 @@
+"""``colo-proxy demo`` end to end: real namespaces, real NFQUEUE datapath, real HTTP.
+
+Each run gets a unique ``colot-`` prefix and a unique tag in its environment; the
+demo's children inherit the environment, so "no process left behind" is checked
+by scanning every process's environment for the tag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+CLI = [sys.executable, "-c", "from colo_proxy.cli import main; main()"]
+TAG_VAR = "COLOT_DEMO_TAG"
+
+
+def _netns_with(prefix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith(prefix + "-"))
+    except FileNotFoundError:
+        return []
+
+
+def _pids_tagged(tag: str) -> list[int]:
+    needle = f"{TAG_VAR}={tag}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
+def _kill_tagged(tag: str) -> None:
+    for pid in _pids_tagged(tag):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class DemoRun:
+    def __init__(self) -> None:
+        self.prefix = f"colot-{secrets.token_hex(3)}"
+        self.tag = secrets.token_hex(8)
+        self.env = {**os.environ, TAG_VAR: self.tag}
+
+    def argv(self, *args: str) -> list[str]:
+        return [*CLI, "demo", "--prefix", self.prefix, *args]
+
+    def leftovers(self) -> tuple[list[str], list[int]]:
+        return _netns_with(self.prefix), _pids_tagged(self.tag)
+
+
+@pytest.fixture
+def demo_run() -> Iterator[DemoRun]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    run = DemoRun()
+    try:
+        yield run
+    finally:
+        # Whatever the demo left (it should leave nothing; the tests assert that).
+        _kill_tagged(run.tag)
+        for name in _netns_with(run.prefix):
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_demo_summary(demo_run: DemoRun) -> None:
+    proc = subprocess.run(demo_run.argv("--duration", "8", "--json", "--plain"),
+                          capture_output=True, text=True, env=demo_run.env, timeout=180,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(proc.stdout)
+
+    req = summary["requests"]
+    assert req["total"] > 0
+    assert req["failed"] == 0, req["failures"]
+    assert req["complete"] == req["total"]
+    assert req["by_kind"].get("keepalive", 0) > 0 and req["by_kind"].get("new", 0) > 0
+
+    conns = summary["connections"]
+    assert conns["deterministic"] > 0
+    assert conns["deterministic_with_checkpoint"] == [], summary["checkpoint_list"]
+    assert conns["matched_by_proxy"] > 0
+    assert summary["bytes_compared"] > 0
+
+    tokens = summary["token_requests"]
+    assert tokens, "the driver made no /session request"
+    for t in tokens:
+        assert t["ok"]
+        assert t["checkpoint"] is not None, f"token request {t['n']} caused no checkpoint"
+        assert t["checkpoint_reason"] == "payload-mismatch"
+        assert t["in_token"] is True
+    cps = summary["checkpoints"]
+    # Exactly one checkpoint per token request, and each one points into its token.
+    assert cps["by_reason"] == {"payload-mismatch": len(tokens)}
+    for entry in summary["checkpoint_list"]:
+        span = next(t["token_span"] for t in tokens if t["connection"] == entry["connection"])
+        assert span[0] <= entry["divergence"]["offset"] < span[1]
+    assert cps["flushes"] == cps["requested"]
+    assert "flush" in summary["note"]
+    assert "checkpoint here is a flush" in proc.stderr
+
+    assert demo_run.leftovers() == ([], [])
+
+
+def _interrupt_midway(demo_run: DemoRun, signals: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(demo_run.argv("--duration", "60", "--plain"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=demo_run.env)
+    assert proc.stdout is not None
+    progress = 0
+    for line in proc.stdout:
+        if line.startswith("[") and "requests" in line:
+            progress += 1
+            if progress == 2:
+                break
+    assert progress == 2, "the demo never reported traffic"
+    # The whole cast is up: services, datapath and driver live in our namespaces.
+    netns, pids = demo_run.leftovers()
+    assert len(netns) == 5 and len(pids) >= 5
+    for i in range(signals):
+        proc.send_signal(signal.SIGINT)
+        if i + 1 < signals:
+            time.sleep(0.3)
+    proc.wait(timeout=60)
+    return proc
+
+
+def test_demo_sigint_cleans_up(demo_run: DemoRun) -> None:
+    proc = _interrupt_midway(demo_run, signals=1)
+    assert proc.returncode == 130
+    assert proc.stderr is not None
+    assert "interrupted" in proc.stderr.read()
+    assert demo_run.leftovers() == ([], [])
+
+
+def test_demo_second_sigint_leaves_no_debris(demo_run: DemoRun) -> None:
+    proc = _interrupt_midway(demo_run, signals=2)
+    assert proc.returncode == 130
+    assert demo_run.leftovers() == ([], [])
+
+
+def test_demo_not_root_is_one_line() -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv")
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           *CLI, "demo"], capture_output=True, text=True, timeout=60,
+                          check=False, cwd="/")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "colo-proxy: error: demo: must run as root (it creates network namespaces and "
+        "netfilter rules); try: sudo make demo"]
+
+
+def test_demo_missing_tool_is_one_line(tmp_path: Path, demo_run: DemoRun) -> None:
+    for tool in ("ip", "iptables"):  # no tc
+        path = shutil.which(tool)
+        assert path is not None
+        (tmp_path / tool).symlink_to(path)
+    env = {**demo_run.env, "PATH": str(tmp_path)}
+    proc = subprocess.run(demo_run.argv(), capture_output=True, text=True, timeout=60,
+                          check=False, env=env)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing tools: tc (Debian package iproute2)" in lines[0]
+    assert demo_run.leftovers() == ([], [])
