@@ -6,7 +6,9 @@
  * Every operation has its own strict policy (resv_start_op is 0, so the core
  * validates strictly, rejects attributes an operation does not take and
  * non-zero reserved header fields).  Mutating operations need CAP_NET_ADMIN
- * in the user namespace owning the caller's netns (GENL_UNS_ADMIN_PERM).
+ * (GENL_ADMIN_PERM, colo.yaml "admin-perm": checked against the initial user
+ * namespace, so an unprivileged user namespace cannot drive nodes); get is
+ * open to everyone in the netns.
  * Handlers run with parallel_ops: they rely only on the node store's locking
  * (colo_core.h), never on genl_mutex.
  */
@@ -510,28 +512,28 @@ static const struct genl_ops colo_ops[] = {
 		.doit	 = colo_cmd_proxy_init,
 		.policy	 = colo_index_mode_policy,
 		.maxattr = COLO_A_NODE_MAX,
-		.flags	 = GENL_UNS_ADMIN_PERM,
+		.flags	 = GENL_ADMIN_PERM,
 	},
 	{
 		.cmd	 = COLO_CMD_PROXY_RESET,
 		.doit	 = colo_cmd_proxy_reset,
 		.policy	 = colo_index_policy,
 		.maxattr = COLO_A_NODE_MAX,
-		.flags	 = GENL_UNS_ADMIN_PERM,
+		.flags	 = GENL_ADMIN_PERM,
 	},
 	{
 		.cmd	 = COLO_CMD_DO_CHECKPOINT,
 		.doit	 = colo_cmd_do_checkpoint,
 		.policy	 = colo_index_mode_policy,
 		.maxattr = COLO_A_NODE_MAX,
-		.flags	 = GENL_UNS_ADMIN_PERM,
+		.flags	 = GENL_ADMIN_PERM,
 	},
 	{
 		.cmd	 = COLO_CMD_DO_FAILOVER,
 		.doit	 = colo_cmd_do_failover,
 		.policy	 = colo_index_mode_policy,
 		.maxattr = COLO_A_NODE_MAX,
-		.flags	 = GENL_UNS_ADMIN_PERM,
+		.flags	 = GENL_ADMIN_PERM,
 	},
 	{
 		.cmd	 = COLO_CMD_GET,
@@ -545,14 +547,14 @@ static const struct genl_ops colo_ops[] = {
 		.doit	 = colo_cmd_proxy_destroy,
 		.policy	 = colo_index_policy,
 		.maxattr = COLO_A_NODE_MAX,
-		.flags	 = GENL_UNS_ADMIN_PERM,
+		.flags	 = GENL_ADMIN_PERM,
 	},
 	{
 		.cmd	 = COLO_CMD_REQUEST_CHECKPOINT,
 		.doit	 = colo_cmd_request_checkpoint,
 		.policy	 = colo_request_policy,
 		.maxattr = COLO_A_NODE_MAX,
-		.flags	 = GENL_UNS_ADMIN_PERM,
+		.flags	 = GENL_ADMIN_PERM,
 	},
 };
 
@@ -560,7 +562,7 @@ static const struct genl_multicast_group colo_mcgrps[] = {
 	[COLO_MCGRP_EVENTS_IDX] = {
 		.name = COLO_MCGRP_EVENTS,
 #ifdef GENL_MCAST_CAP_NET_ADMIN
-		/* Events carry connection tuples: same privilege as the ops. */
+		/* Events carry connection tuples: listeners need CAP_NET_ADMIN. */
 		.flags = GENL_MCAST_CAP_NET_ADMIN,
 #endif
 	},
