@@ -46,17 +46,22 @@ def test_never_raises_and_counters_stay_consistent(
     engine = Engine(Config(compare_timeout_ms=50, max_queue_per_conn=queue,
                            max_held_bytes=2000, max_connections=4))
     now = 0.0
+    pushed: list[int] = []
+    decided: list[object] = []
     for i, (side, (frame, vnet), action) in enumerate(steps):
         now += 7
         if action == "push":
-            engine.push(side, frame, now, i, vnet)
+            out = engine.push(side, frame, now, i, vnet)
+            pushed.append(i)
         elif action == "tick":
-            engine.tick(now)
+            out = engine.tick(now)
         else:
-            engine.checkpoint_done(now)
+            out = engine.checkpoint_done(now)
+        decided += [d.tag for d in out if not isinstance(d, CheckpointRequest)]
         assert_counters_consistent(engine)
-    engine.checkpoint_done(now + 1)
+    decided += [d.tag for d in engine.checkpoint_done(now + 1)]
     assert engine.stats.held_frames_now == 0
+    assert sorted(decided) == pushed  # exactly one Release or Drop per frame
     assert_counters_consistent(engine)
 
 
@@ -154,3 +159,42 @@ def test_equal_datagram_sequences_keep_order(payloads: list[bytes], order: list[
     assert all(isinstance(d, Release | CheckpointRequest) or d.reason == "matched"
                for d in h.log)
     h.assert_consistent()
+
+
+@st.composite
+def tcp_segments(draw: st.DrawFn) -> tuple[Side, bytes, str]:
+    side = draw(st.sampled_from([Side.PRIMARY, Side.SECONDARY]))
+    base = 1000 if side == Side.PRIMARY else draw(st.sampled_from([1000, 50_000, 2**32 - 30]))
+    seq = base + draw(st.integers(-5, 60))
+    flags = draw(st.sampled_from(["PA", "PA", "A", "SA", "S", "FA", "FPA", "R", "RA", "PAR"]))
+    data = draw(st.sampled_from([b"", b"", b"abcdefgh", b"abcdefghijklmnop", b"xyz"]))
+    ack = 7 + draw(st.integers(0, 20))
+    sport = draw(st.sampled_from([80, 80, 81]))
+    action = draw(st.sampled_from(["push"] * 8 + ["tick", "checkpoint"]))
+    return side, tcp(seq, data, flags, ack, sport=sport), action
+
+
+@SETTINGS
+@given(st.lists(tcp_segments(), max_size=50), st.integers(1, 6))
+def test_random_tcp_control_never_breaks_invariants(
+        steps: list[tuple[Side, bytes, str]], queue: int) -> None:
+    engine = Engine(Config(compare_timeout_ms=40, max_queue_per_conn=queue,
+                           max_held_bytes=3000, max_connections=2))
+    now = 0.0
+    pushed: list[int] = []
+    decided: list[object] = []
+    for i, (side, frame, action) in enumerate(steps):
+        now += 5
+        if action == "tick":
+            out = engine.tick(now)
+        elif action == "checkpoint":
+            out = engine.checkpoint_done(now)
+        else:
+            out = engine.push(side, frame, now, i)
+            pushed.append(i)
+        decided += [d.tag for d in out if not isinstance(d, CheckpointRequest)]
+        assert_counters_consistent(engine)
+    decided += [d.tag for d in engine.checkpoint_done(now + 1)]
+    assert engine.stats.held_frames_now == 0
+    assert sorted(decided) == pushed  # exactly one Release or Drop per frame
+    assert_counters_consistent(engine)
