@@ -94,8 +94,8 @@ class TcpConn(Conn):
         self.p_aoff = 0
         self.s_aseq = -1
         self.s_aoff = 0
-        self.p_next = 0
-        self.s_next = 0
+        self.p_next = NO_DATA  # highest data end offset each side sent
+        self.s_next = NO_DATA
         self.p_ooo: dict[int, bytes] = {}
         self.s_ooo: dict[int, bytes] = {}
         self.p_max_ack = -1  # -1: no ACK seen
@@ -357,7 +357,7 @@ class TcpConn(Conn):
         changed = False
         n = len(payload)
         ctl = flags & CTL
-        if n or ctl:
+        if n or ctl or self.s_aseq < 0:
             self._secondary_numbering(seq, flags)
         if flags & ACK:
             m = self.s_max_ack

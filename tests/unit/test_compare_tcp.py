@@ -352,6 +352,23 @@ def test_mid_stream_start_without_syn(delta: int, first: str) -> None:
     assert h.requests == []
 
 
+def test_late_ack_and_fin_retransmission_after_retirement() -> None:
+    h = Harness()
+    handshake(h)
+    h.p(tcp(PISN + 1, b"bye", flags="FPA", ack=ACK), "p-fin")
+    h.s(tcp(SISN + 1, b"bye", flags="FPA", ack=ACK), "s-fin")
+    assert h.engine.stats.connections_now == 0
+    # Both ACK the client's FIN, then the client retransmits it and both re-send theirs.
+    assert h.p(tcp(PISN + 5, flags="A", ack=ACK + 1), "p-last") == []
+    assert h.s(tcp(SISN + 5, flags="A", ack=ACK + 1), "s-last") == [
+        ("drop", "s-last", VERIFIED), ("release", "p-last")]
+    assert h.p(tcp(PISN + 4, flags="FA", ack=ACK + 1), "p-fin-rtx") == []
+    assert h.s(tcp(SISN + 4, flags="FA", ack=ACK + 1), "s-fin-rtx") == [
+        ("release", "p-fin-rtx"), ("drop", "s-fin-rtx", MATCHED)]
+    assert h.requests == []
+    h.assert_consistent()
+
+
 def test_reopen_on_the_same_ports_after_close() -> None:
     h = Harness()
     handshake(h)
