@@ -42,6 +42,8 @@ class ConnView:
     held_secondary: int = 0
     checkpoint_requests: int = 0
     last_seen: float = 0.0
+    last_active: float = 0.0
+    """Stats time at which its figures last changed."""
 
 
 @dataclass
@@ -98,6 +100,8 @@ class DemoState:
     def _merge_conn(self, conn: dict[str, Any], t: float) -> None:
         key = str(conn.get("key", "?"))
         view = self.conns.setdefault(key, ConnView(key))
+        before = (view.frames_matched, view.held_primary, view.held_secondary,
+                  view.checkpoint_requests)
         for name in ("frames_matched", "bytes_matched", "checkpoint_requests"):
             value = conn.get(name)
             if isinstance(value, int):
@@ -107,6 +111,9 @@ class DemoState:
             if isinstance(value, int):
                 setattr(view, name, value)
         view.last_seen = t
+        if (view.frames_matched, view.held_primary, view.held_secondary,
+                view.checkpoint_requests) != before:
+            view.last_active = t
 
     def on_driver_line(self, line: str) -> None:
         try:

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from .content import expected_body
 from .events import CheckpointRequested
 from .explain import divergence_report, print_divergence
 from .state import DemoSnapshot, key_ports
@@ -52,6 +53,29 @@ def _primary_stream(snap: DemoSnapshot, entry: dict[str, Any]) -> tuple[bytes | 
     return None, 0
 
 
+def _expected_stream(reqs: list[dict[str, Any]]) -> bytes | None:
+    """The server's whole byte stream of a deterministic connection, as the client
+    received it (head as received, body as ``content`` defines it)."""
+    out = bytearray()
+    for r in reqs:
+        body = expected_body(str(r.get("path")))
+        if not r.get("ok") or body is None or not isinstance(r.get("head"), str):
+            return None
+        out += str(r["head"]).encode("latin-1") + body
+    return bytes(out)
+
+
+def _positions(cp: CheckpointRequested, reqs: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Where the divergence's primary and secondary bytes really sit in the
+    connection's (deterministic) stream: two different places mean the replicas sent
+    the same bytes and the comparison was misaligned."""
+    div, stream = cp.divergence, _expected_stream(reqs)
+    if div is None or stream is None or not div.primary or not div.secondary:
+        return None
+    p, s = stream.find(div.primary), stream.find(div.secondary)
+    return None if p < 0 or s < 0 else {"primary": p, "secondary": s}
+
+
 def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[str, Any]:
     """The machine-readable summary (``--json``)."""
     by_conn: dict[int, list[dict[str, Any]]] = {}
@@ -73,7 +97,7 @@ def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[st
             "divergence": None if cp.divergence is None else {
                 "offset": cp.divergence.offset, "primary": cp.divergence.primary.hex(),
                 "secondary": cp.divergence.secondary.hex()},
-            "connection": conn, "requests": [], "in_token": None,
+            "connection": conn, "requests": [], "in_token": None, "stream_positions": None,
         }
         if conn is not None:
             conns_with_cp.add(conn)
@@ -84,6 +108,8 @@ def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[st
             tokens = [r for r in reqs if r.get("token")]
             if tokens:
                 entry["in_token"] = _token_matches(cp, tokens[0])
+            else:
+                entry["stream_positions"] = _positions(cp, reqs)
         checkpoints.append(entry)
 
     token_requests = []
@@ -142,8 +168,14 @@ def _explain(entry: dict[str, Any]) -> str:
         return (f"Expected: the connection carried {what}; each replica drew its own random "
                 f"token, so the responses differ inside the token (stream offset "
                 f"{entry['divergence']['offset']}).  The client got the primary's token.")
+    pos = entry["stream_positions"]
+    if pos is not None and pos["primary"] != pos["secondary"]:
+        return (f"Unexpected, on a deterministic connection ({what}): both replicas sent the "
+                f"same stream; the bytes compared were the primary's from stream offset "
+                f"{pos['primary']} and the secondary's from {pos['secondary']} (engine offset "
+                f"{entry['divergence']['offset']}), so the comparison lost its alignment.")
     if entry["reason"] == "payload-mismatch" and entry["divergence"] is not None:
-        return f"The replicas' bytes differ on a connection that carried {what}."
+        return f"Unexpected: the replicas' bytes differ on a connection that carried {what}."
     if entry["reason"] == "timeout":
         return (f"A frame waited longer than --compare-timeout for its twin ({what}); "
                 "the flush released it.")

@@ -57,6 +57,9 @@ class RequestResult:
     """Token requests only: the response as received (latin-1), i.e. the primary's
     stream from offset ``stream_pos``: context for the divergence report."""
     stream_pos: int = 0
+    """Stream offset of this response on its connection."""
+    head: str | None = None
+    """Status line and headers as received (the body is ``content``'s, if ok)."""
 
 
 def _head_text(resp: http.client.HTTPResponse) -> str:
@@ -103,6 +106,8 @@ class Driver:
             body = resp.read()
             result.status = resp.status
             head = _head_length(resp)
+            result.head = _head_text(resp)
+            result.stream_pos = stream_pos
             result.bytes = head + len(body)
             result.ok, result.error = self._check(path, resp.status, body)
             if path == SESSION_PATH and result.ok:
@@ -112,7 +117,6 @@ class Driver:
                 start = stream_pos + head + match.start(1)
                 result.token_span = (start, start + len(match.group(1)))
                 result.response = (_head_text(resp) + body.decode("latin-1"))
-                result.stream_pos = stream_pos
             usable = not resp.will_close
         except (OSError, http.client.HTTPException) as exc:
             result.error = f"{type(exc).__name__}: {exc}".rstrip(": ")

@@ -73,13 +73,14 @@ def render_live(snap: DemoSnapshot, duration: float, datapath: str) -> Renderabl
     totals.add_row("flushes", str(len(snap.flushes)))
     totals.add_row("release latency", _latency(snap))
 
-    conns = Table(title="connections (most recent)", title_justify="left", expand=False)
+    conns = Table(title="connections, most recently active first", title_justify="left",
+                  expand=False)
     conns.add_column("connection")
     conns.add_column("frames matched", justify="right")
     conns.add_column("bytes matched", justify="right")
     conns.add_column("held P/S", justify="right")
     conns.add_column("checkpoints", justify="right")
-    recent = sorted(snap.conns.values(), key=lambda c: (c.last_seen, c.bytes_matched),
+    recent = sorted(snap.conns.values(), key=lambda c: (c.last_active, c.bytes_matched),
                     reverse=True)[:8]
     for c in recent:
         conns.add_row(c.key, str(c.frames_matched), human_bytes(c.bytes_matched),
