@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .conn import Conn, Held, divergence, first_difference
+from .conn import NO_DATA, Conn, Held, divergence, first_difference
 from .core import Core
 from .model import ConnKey, Decision, DropReason, Reason
 
@@ -39,7 +39,7 @@ class FifoConn(Conn):
                 out: list[Decision]) -> None:
         s_q = self.s_q
         if self.diverged or not s_q:
-            h = Held(0, tag, self, now, size, data=data)
+            h = Held(0, tag, self, now, size, NO_DATA, -1, 0, data)
             self.p_q.append(h)
             core.hold(h, out, now)
             return
@@ -50,7 +50,7 @@ class FifoConn(Conn):
             self._matched(core, len(data))
             core.release_now(self, tag, out)
             return
-        h = Held(0, tag, self, now, size, data=data)
+        h = Held(0, tag, self, now, size, NO_DATA, -1, 0, data)
         self.p_q.append(h)
         core.hold(h, out, now)
         self._diverge(core, data, s.data, now, out)
@@ -62,14 +62,17 @@ class FifoConn(Conn):
             return
         p_q = self.p_q
         if not p_q:
-            h = Held(1, tag, self, now, size, data=data)
+            h = Held(1, tag, self, now, size, NO_DATA, -1, 0, data)
             self.s_q.append(h)
             core.hold(h, out, now)
             return
         p = p_q[0]
         if p.data == data:
             p_q.popleft()
-            self._matched(core, len(data))
+            n = len(data)
+            self.slot += 1
+            self.bytes_matched += n
+            core.stats.bytes_compared += n
             core.release_held(p, now, out)
             core.drop(1, tag, self, DropReason.MATCHED, out)
             return
