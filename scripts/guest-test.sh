@@ -95,7 +95,7 @@ run_series() {
     echo "${p}booting $kver under QEMU TCG (timeout ${timeout_s}s)"
     local args=("$k/root/boot/vmlinuz-$kver" "$initrd" "$out" "$timeout_s"
                 "colo.stage2=$here/guest/stage2.sh" "colo.modroot=$(realpath "$k/root/lib/modules")"
-                "colo.out=$(realpath "$out")")
+                "colo.out=$(realpath "$out")" "colo.rw=$repo")
     if [ "${GUEST_INTERACTIVE:-0}" = 1 ]; then
         "$here/guest/run-qemu.sh" "${args[@]}"
     else

@@ -16,11 +16,15 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--destdir", type=_DIR,
               help="Install under DESTDIR/lib/modules/KVER (a staging tree) instead of /.")
 @click.option("--src", type=_DIR, help="Module source (default: kmod/nfnetlink_colo).")
-def install(kver: str | None, kdir: Path | None, destdir: Path | None, src: Path | None) -> None:
+@click.option("--ko", type=click.Path(dir_okay=False, path_type=Path),
+              help="Install this already built module (e.g. from make kmod) instead of "
+                   "building; KVER defaults to the kernel it was built for.")
+def install(kver: str | None, kdir: Path | None, destdir: Path | None, src: Path | None,
+            ko: Path | None) -> None:
     """Build nfnetlink_colo and install it into /lib/modules/KVER/updates, then depmod."""
     from ..kmod.install import install as do_install
 
-    do_install(kver=kver, kdir=kdir, destdir=destdir, src=src, echo=click.echo)
+    do_install(kver=kver, kdir=kdir, destdir=destdir, src=src, ko=ko, echo=click.echo)
 
 
 @click.command()

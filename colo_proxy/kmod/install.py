@@ -31,15 +31,12 @@ def _error_line(lines: list[str]) -> str:
     return tools.last_line("\n".join(lines))
 
 
-def _check_inputs(kver: str, kdir: Path, src: Path, destdir: Path | None) -> None:
+def _check_inputs(kver: str, kdir: Path, src: Path) -> None:
     if not (kdir / "Makefile").is_file():
         raise ColoError(f"kernel headers for {kver} not found in {kdir}: install them "
                         f"(apt-get install linux-headers-{kver}) or pass --kdir")
     if not (src / "Kbuild").is_file():
         raise InputError(f"module source not found in {src} (no Kbuild file): pass --src")
-    if destdir is None and os.geteuid() != 0:
-        raise ColoError("installing into /lib/modules needs root; run with sudo "
-                        "or install into a staging tree with --destdir")
 
 
 def _build(kver: str, kdir: Path, src: Path, workdir: Path,
@@ -56,30 +53,37 @@ def _build(kver: str, kdir: Path, src: Path, workdir: Path,
     if not built:
         raise ColoError(f"building {MODULE} for {kver} produced no .ko file")
     for ko in built:
-        vermagic = tools.run(["modinfo", "-F", "vermagic", ko]).stdout.split(" ", 1)[0]
+        vermagic = _vermagic(ko)
         if vermagic != kver:
             raise ColoError(f"the headers in {kdir} are for kernel {vermagic}, not {kver}: "
                             "pass the matching --kdir")
     return built
 
 
-def install(kver: str | None = None, kdir: Path | None = None, destdir: Path | None = None,
-            src: Path | None = None, echo: Callable[[str], None] = print) -> list[Path]:
-    """Build the module for ``kver`` (default: the running kernel) with the headers in
-    ``kdir``, copy it to [destdir]/lib/modules/KVER/updates and run depmod for that kernel.
-    Returns the installed files."""
-    kver = kver or os.uname().release
-    kdir = kdir or default_kdir(kver)
-    src = src or default_source()
-    _check_inputs(kver, kdir, src, destdir)
-    with tempfile.TemporaryDirectory(prefix="colo-kmod-") as tmp:
-        built = _build(kver, kdir, src, Path(tmp), echo)
-        target = (destdir or Path("/")) / "lib" / "modules" / kver / "updates"
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-            installed = [Path(shutil.copy2(ko, target / ko.name)) for ko in built]
-        except OSError as exc:
-            raise ColoError(f"cannot install into {target}: {exc.strerror}") from None
+def _vermagic(ko: Path) -> str:
+    result = tools.run(["modinfo", "-F", "vermagic", ko])
+    if result.returncode != 0 or not result.stdout.strip():
+        raise InputError(f"{ko}: not a kernel module ({tools.last_line(result.stderr)})")
+    return result.stdout.split(" ", 1)[0]
+
+
+def _prebuilt(ko: Path, kver: str | None) -> tuple[str, list[Path]]:
+    if not ko.is_file():
+        raise InputError(f"{ko}: no such module file")
+    built_for = _vermagic(ko)
+    if kver is not None and built_for != kver:
+        raise ColoError(f"{ko} was built for kernel {built_for}, not {kver}")
+    return built_for, [ko]
+
+
+def _place(built: list[Path], kver: str, destdir: Path | None,
+           echo: Callable[[str], None]) -> list[Path]:
+    target = (destdir or Path("/")) / "lib" / "modules" / kver / "updates"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        installed = [Path(shutil.copy2(ko, target / ko.name)) for ko in built]
+    except OSError as exc:
+        raise ColoError(f"cannot install into {target}: {exc.strerror}") from None
     for path in installed:
         echo(f"installed {path}")
     base = ["-b", str(destdir)] if destdir is not None else []
@@ -88,3 +92,27 @@ def install(kver: str | None = None, kdir: Path | None = None, destdir: Path | N
     if result.returncode != 0:
         raise ColoError(f"depmod for {kver} failed: {tools.last_line(result.stderr)}")
     return installed
+
+
+def install(*, kver: str | None = None, kdir: Path | None = None, destdir: Path | None = None,
+            src: Path | None = None, ko: Path | None = None,
+            echo: Callable[[str], None] = print) -> list[Path]:
+    """Build the module for ``kver`` (default: the running kernel) with the headers in
+    ``kdir`` -- or take the already built file ``ko`` (KVER then defaults to the kernel it was
+    built for) -- copy it to [destdir]/lib/modules/KVER/updates and run depmod for that
+    kernel.  Returns the installed files."""
+    if destdir is None and os.geteuid() != 0:
+        raise ColoError("installing into /lib/modules needs root; run with sudo "
+                        "or install into a staging tree with --destdir")
+    if ko is not None:
+        if kdir is not None or src is not None:
+            raise InputError("--ko installs a built file: --kdir and --src do not apply")
+        kver, built = _prebuilt(ko, kver)
+        return _place(built, kver, destdir, echo)
+    kver = kver or os.uname().release
+    kdir = kdir or default_kdir(kver)
+    src = src or default_source()
+    _check_inputs(kver, kdir, src)
+    with tempfile.TemporaryDirectory(prefix="colo-kmod-") as tmp:
+        built = _build(kver, kdir, src, Path(tmp), echo)
+        return _place(built, kver, destdir, echo)

@@ -22,6 +22,7 @@ hostname colo-guest
 ip link set lo up
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 dmesg --follow --nopager >"$out/dmesg.txt" 2>&1 &
 
 start=$(date +%s.%N)

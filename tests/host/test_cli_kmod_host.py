@@ -86,3 +86,13 @@ def test_install_for_another_kernel_into_a_staging_tree(kver: str, tmp_path: Pat
     assert vermagic.split()[0] == kver
     deps = (tmp_path / "lib" / "modules" / kver / "modules.dep").read_text()
     assert "updates/nfnetlink_colo.ko:" in deps
+
+    # The built file installs elsewhere as is; KVER comes from the module's vermagic.
+    again = colo_proxy("install", "--ko", str(ko), "--destdir", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "CC [M]" not in again.stdout
+    assert (tmp_path / "again" / "lib" / "modules" / kver / "updates" / ko.name).is_file()
+    wrong = colo_proxy("install", "--ko", str(ko), "--kernel", "0.0.0-colot",
+                       "--destdir", str(tmp_path / "wrong"))
+    assert wrong.returncode == 1
+    assert f"was built for kernel {kver}, not 0.0.0-colot" in one_error_line(wrong)

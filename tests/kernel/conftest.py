@@ -77,8 +77,19 @@ class KernelLog:
         os.close(self._fd)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "irreversible: changes the guest kernel until reboot (e.g. lockdown); runs after "
+        "every other test of the session",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     del config
+    items[:] = [i for i in items if "irreversible" not in i.keywords] + [
+        i for i in items if "irreversible" in i.keywords
+    ]
     if in_guest():
         return
     skip = pytest.mark.skip(reason="runs only inside the guest kernel (scripts/guest-test.sh)")
