@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 # Debian packages needed by the build and the tests (see docs/development.md).
 APT_PKGS := build-essential pkg-config make gcc kmod cpio busybox-static xz-utils zstd \
-            qemu-system-x86 linux-headers-amd64 dwarves bc \
+            qemu-system-x86 linux-headers-amd64 dwarves sparse bc \
             iproute2 iptables nftables libnftables1 libxtables-dev \
             libnetfilter-queue-dev iputils-ping util-linux libcap2-bin tcpdump curl
 
