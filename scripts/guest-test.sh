@@ -62,6 +62,22 @@ check_inputs() {
     fi
 }
 
+# Exit codes of scripts/guest/kernel-suite.sh (pytest's own, 90-92) and of the guest init.
+explain_rc() {
+    case "$1" in
+        1) echo "tests failed (pytest exit 1)" ;;
+        2) echo "pytest was interrupted (exit 2)" ;;
+        3) echo "pytest internal error (exit 3)" ;;
+        4) echo "pytest usage error (exit 4)" ;;
+        5) echo "no tests collected (pytest exit 5)" ;;
+        90) echo "module file missing in the guest" ;;
+        91) echo "the module's dependencies did not load" ;;
+        92) echo "insmod of the module failed (see the console)" ;;
+        97) echo "the guest init failed (see the console)" ;;
+        *) echo "guest command exit code $1" ;;
+    esac
+}
+
 run_series() {
     local s=$1 p="[$1] " k=$build/kernels/$1 out=$build/guest/$1 kver problem
     problem=$(check_inputs "$s")
@@ -110,13 +126,19 @@ run_series() {
     [ "$qrc" -eq 124 ] && reasons+=("guest timed out after ${timeout_s}s")
     if [ -f "$out/rc" ]; then
         rc=$(<"$out/rc")
-        [ "$rc" = 0 ] || reasons+=("guest command exit code $rc")
+        if [ "$rc" != 0 ]; then
+            if [ -n "${GUEST_CMD:-}" ]; then reasons+=("guest command exit code $rc")
+            else reasons+=("$(explain_rc "$rc")"); fi
+        fi
     elif [ "$qrc" -ne 124 ]; then
         reasons+=("guest ended without an exit code (QEMU rc $qrc; kernel panic? see $out/console.log)")
     fi
-    local log=$out/dmesg.txt bad
-    [ -s "$log" ] || log=$out/console.log
-    if ! bad=$("$here/guest/check-dmesg.sh" "$log"); then
+    # The guest's own dmesg copy is complete up to a crash; the console (loglevel 4) also has
+    # what was printed while the guest went down.
+    local logs=() bad
+    [ -s "$out/dmesg.txt" ] && logs+=("$out/dmesg.txt")
+    [ -f "$out/rc" ] && [ ${#logs[@]} -gt 0 ] || logs+=("$out/console.log")
+    if ! bad=$(cat "${logs[@]}" | "$here/guest/check-dmesg.sh" /dev/stdin | awk '!seen[$0]++'); then
         reasons+=("kernel log has $(wc -l <<<"$bad") bad line(s)")
         sed "s/^/${p}dmesg: /" <<<"$bad"
     fi
@@ -135,8 +157,9 @@ run_series() {
         verdict[$s]="PASS ($timing)"
         return 0
     fi
-    local IFS=';'
-    verdict[$s]="FAIL: ${reasons[*]} ($timing; logs in $out)"
+    local joined
+    joined=$(printf '%s; ' "${reasons[@]}")
+    verdict[$s]="FAIL: ${joined%; } ($timing; logs in $out)"
     return 1
 }
 
