@@ -22,6 +22,9 @@ from .model import (
 from .parse import CONTROL, FIFO, TCP, parse
 from .tcp import TcpConn
 
+RETIRED_MAX = 4096
+"""Retired TCP connections remembered (least recently retired forgotten first)."""
+
 
 class Engine(Core):
     """Pure COLO output comparison.
@@ -39,6 +42,9 @@ class Engine(Core):
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
         self._conns: OrderedDict[tuple[object, ...], Conn] = OrderedDict()
+        self._retired: OrderedDict[tuple[object, ...], Conn] = OrderedDict()
+        """Closed TCP connections, kept with their numbering so that late frames (the
+        final ACK, FIN and data retransmissions) are judged against it."""
 
     def push(
         self,
@@ -147,6 +153,11 @@ class Engine(Core):
                 self._retire(conn)
         return out
 
+    @property
+    def retired_now(self) -> int:
+        """Retired connections remembered for their late frames (at most RETIRED_MAX)."""
+        return len(self._retired)
+
     def connections(self) -> Iterable[ConnStats]:
         return [conn.stats() for conn in self._conns.values()]
 
@@ -163,22 +174,33 @@ class Engine(Core):
         over = st.connections_now >= cfg.max_connections and not evict_idle(self._conns, st)
         if over and st.connections_now >= 2 * cfg.max_connections:
             return None
+        conn = self._retired.pop(key, None)
+        if conn is not None:
+            # A late frame of a retired connection: it comes back with its numbering.
+            self._conns[conn.key] = conn
+            st.connections_now += 1
+            self._limit_request(conn, over, now, out)
+            return conn
         ckey = ConnKey(*key)  # type: ignore[arg-type]
         passthrough = bool(cfg.passthrough) and ckey.l3 in (4, 6) and any(
             rule.matches(ckey) for rule in cfg.passthrough)
-        conn: Conn
         if kind == TCP:
             conn = TcpConn(ckey, self._epoch, passthrough)
         else:
             conn = FifoConn(ckey, self._epoch, passthrough)
         self._conns[ckey] = conn
         st.connections_now += 1
+        self._limit_request(conn, over, now, out)
+        return conn
+
+    def _limit_request(self, conn: Conn, over: bool, now: float, out: list[Decision]) -> None:
+        st = self.stats
+        cfg = self.config
         if over and not self._connection_flag:
             self._connection_flag = True
             self.request(Reason.CONNECTION_LIMIT, conn,
                          f"{st.connections_now} busy connections "
                          f"(limit {cfg.max_connections})", now, None, out)
-        return conn
 
     def _passthrough(self, s: int, conn: Conn, tag: object, out: list[Decision]) -> None:
         if s:
@@ -189,17 +211,26 @@ class Engine(Core):
             out.append(Release(tag, conn.key, 0.0))
 
     def _retire(self, conn: Conn) -> None:
-        """Remove a closed connection; with a tracked reverse direction, wait for it."""
+        """Move a closed connection to the retired table; with a tracked reverse
+        direction, wait for it."""
         key = conn.key
         reverse = (key.vlan, key.l3, key.dst, key.src, key.proto, key.dport, key.sport, False)
         other = self._conns.get(reverse)
         if other is not None and other is not conn:
             if not other.closed or other.busy:
                 return
-            del self._conns[reverse]
-            self.stats.connections_now -= 1
-        if self._conns.pop(key, None) is not None:
-            self.stats.connections_now -= 1
+            self._bury(other)
+        self._bury(conn)
+
+    def _bury(self, conn: Conn) -> None:
+        if self._conns.pop(conn.key, None) is None:
+            return
+        self.stats.connections_now -= 1
+        retired = self._retired
+        retired[conn.key] = conn
+        retired.move_to_end(conn.key)
+        if len(retired) > RETIRED_MAX:
+            retired.popitem(last=False)
 
 
 __all__ = ["Engine"]

@@ -359,13 +359,15 @@ def test_late_ack_and_fin_retransmission_after_retirement() -> None:
     h.s(tcp(SISN + 1, b"bye", flags="FPA", ack=ACK), "s-fin")
     assert h.engine.stats.connections_now == 0
     # Both ACK the client's FIN, then the client retransmits it and both re-send theirs.
+    # The retired connection kept its numbering: the FIN is known verified.
     assert h.p(tcp(PISN + 5, flags="A", ack=ACK + 1), "p-last") == []
     assert h.s(tcp(SISN + 5, flags="A", ack=ACK + 1), "s-last") == [
         ("drop", "s-last", VERIFIED), ("release", "p-last")]
-    assert h.p(tcp(PISN + 4, flags="FA", ack=ACK + 1), "p-fin-rtx") == []
+    assert h.p(tcp(PISN + 4, flags="FA", ack=ACK + 1), "p-fin-rtx") == [("release", "p-fin-rtx")]
     assert h.s(tcp(SISN + 4, flags="FA", ack=ACK + 1), "s-fin-rtx") == [
-        ("release", "p-fin-rtx"), ("drop", "s-fin-rtx", MATCHED)]
+        ("drop", "s-fin-rtx", VERIFIED)]
     assert h.requests == []
+    assert h.engine.stats.connections_now == 0
     h.assert_consistent()
 
 
