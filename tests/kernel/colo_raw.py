@@ -116,6 +116,8 @@ class RawGenl:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.bind((0, 0))
+        self._buf = bytearray(1 << 18)
+        self._view = memoryview(self._buf)
 
     @property
     def portid(self) -> int:
@@ -134,7 +136,8 @@ class RawGenl:
         self.sock.send(data)
 
     def recv(self) -> list[Answer]:
-        return split(self.sock.recv(1 << 20))
+        size = self.sock.recv_into(self._buf)
+        return split(bytes(self._view[:size]))
 
     def exchange(self, requests: dict[int, bytes]) -> dict[int, list[Answer]]:
         """Send ``{seq: message}`` in one sendmsg and collect answers until every seq has
