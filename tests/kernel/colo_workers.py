@@ -1,6 +1,7 @@
 """Child processes of the kernel tests (run as scripts, often under ``ip netns exec``).
 
-    colo_workers.py stress CYCLES       open socket -> PROXY_INIT -> close, CYCLES times
+    colo_workers.py stress CYCLES [P]   open socket -> PROXY_INIT -> close, CYCLES times
+                                        (prints {"progress": P} after P cycles)
     colo_workers.py listen EXPECTED IDLE   count events until EXPECTED node-gone or IDLE s quiet
     colo_workers.py hold N [SECONDS]    create N+1 nodes on two sockets, print them, wait
     colo_workers.py probe INDEX         try every operation on node INDEX (0: on a node it
@@ -52,7 +53,7 @@ def _attrs(payload: bytes) -> dict[int, bytes]:
     return out
 
 
-def stress(cycles: int) -> None:
+def stress(cycles: int, progress: int) -> None:
     with ColoClient() as c:
         fid = c.family_id
     msgs = [encode(fid, Cmd.PROXY_INIT, 1, flags=NLM_F_REQUEST, mode=m)
@@ -61,6 +62,8 @@ def stress(cycles: int) -> None:
     bad_owner = 0
     t0 = time.monotonic()
     for i in range(cycles):
+        if i == progress:
+            emit({"progress": i})
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         try:
             s.settimeout(30)
@@ -158,7 +161,7 @@ def probe(index: int) -> None:
 def main() -> None:
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "stress":
-        stress(int(args[0]))
+        stress(int(args[0]), int(args[1]) if len(args) > 1 else -1)
     elif cmd == "listen":
         listen(int(args[0]), float(args[1]))
     elif cmd == "hold":
