@@ -52,6 +52,7 @@ class Conn:
         "closed",
         "diverged",
         "epoch",
+        "fast",
         "first_div",
         "frames_matched",
         "held_p",
@@ -75,6 +76,8 @@ class Conn:
         self.requests = 0
         self.queue_flag = False
         self.first_div: Divergence | None = None
+        self.fast: bytes | None = None
+        """Key in the engine's fast-path table, when registered there."""
 
     @property
     def busy(self) -> bool:

@@ -15,7 +15,11 @@ from collections import deque
 
 from .conn import NO_DATA, Conn, Held, divergence, first_difference
 from .core import Core
-from .model import ConnKey, Decision, DropReason, Reason
+from .model import ConnKey, Decision, Drop, DropReason, Reason, Release, Side
+
+MATCHED = DropReason.MATCHED
+SECONDARY = Side.SECONDARY
+_new = tuple.__new__
 
 
 class FifoConn(Conn):
@@ -38,22 +42,30 @@ class FifoConn(Conn):
     def primary(self, core: Core, data: bytes, size: int, tag: object, now: float,
                 out: list[Decision]) -> None:
         s_q = self.s_q
-        if self.diverged or not s_q:
+        if s_q and not self.diverged:
+            s = s_q[0]
+            if s.data == data:
+                s_q.popleft()
+                core.drop_held(s, MATCHED, out)
+                self._matched(core, len(data))
+                core.release_now(self, tag, out)
+                return
             h = Held(0, tag, self, now, size, NO_DATA, -1, 0, data)
             self.p_q.append(h)
             core.hold(h, out, now)
-            return
-        s = s_q[0]
-        if s.data == data:
-            s_q.popleft()
-            core.drop_held(s, DropReason.MATCHED, out)
-            self._matched(core, len(data))
-            core.release_now(self, tag, out)
+            self._diverge(core, data, s.data, now, out)
             return
         h = Held(0, tag, self, now, size, NO_DATA, -1, 0, data)
         self.p_q.append(h)
-        core.hold(h, out, now)
-        self._diverge(core, data, s.data, now, out)
+        # core.hold(), inlined for the pipelined case
+        core._arrivals.append(h)
+        st = core.stats
+        st.held_frames_now += 1
+        st.held_bytes_now += size
+        self.held_p += 1
+        if self.held_p > core.config.max_queue_per_conn \
+                or st.held_bytes_now > core.config.max_held_bytes:
+            core.check_limits(self, 0, out, now)
 
     def secondary(self, core: Core, data: bytes, size: int, tag: object, now: float,
                   out: list[Decision]) -> None:
@@ -72,9 +84,24 @@ class FifoConn(Conn):
             n = len(data)
             self.slot += 1
             self.bytes_matched += n
-            core.stats.bytes_compared += n
-            core.release_held(p, now, out)
-            core.drop(1, tag, self, DropReason.MATCHED, out)
+            self.frames_matched += 1
+            self.held_p -= 1
+            # core.release_held() and core.drop(MATCHED), inlined
+            st = core.stats
+            st.bytes_compared += n
+            st.held_frames_now -= 1
+            st.held_bytes_now -= p.size
+            st.released += 1
+            st.pairs_matched += 1
+            p.done = True
+            p.data = b""
+            held_ms = now - p.arrival
+            key = self.key
+            out.append(_new(Release, (p.tag, key, held_ms if held_ms > 0.0 else 0.0)))
+            p.tag = None
+            dropped = st.dropped
+            dropped[MATCHED] = dropped.get(MATCHED, 0) + 1
+            out.append(_new(Drop, (SECONDARY, tag, key, MATCHED)))
             return
         self._diverge(core, p.data, data, now, out)
         core.drop(1, tag, self, DropReason.DIVERGED, out)

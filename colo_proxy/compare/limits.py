@@ -9,6 +9,7 @@ the LRU eviction of idle connections.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from .conn import Conn
 from .model import Counters
@@ -17,8 +18,10 @@ EVICT_SCAN = 16
 """Connections looked at (from the least recently used end) per eviction attempt."""
 
 
-def evict_idle(conns: OrderedDict[tuple[object, ...], Conn], stats: Counters) -> bool:
+def evict_idle(conns: OrderedDict[tuple[object, ...], Conn], stats: Counters,
+               forget: Callable[[Conn], None]) -> bool:
     """Evict the least recently used idle connection; False if none was found.
+    ``forget`` is called with the evicted connection.
 
     Busy connections met on the way are moved to the recent end, so repeated attempts
     make progress and cost O(1) amortised.
@@ -29,6 +32,7 @@ def evict_idle(conns: OrderedDict[tuple[object, ...], Conn], stats: Counters) ->
             conns.move_to_end(key)
             continue
         del conns[key]
+        forget(conn)
         stats.connections_evicted += 1
         stats.connections_now -= 1
         return True

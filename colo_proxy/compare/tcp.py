@@ -18,7 +18,7 @@ from collections import deque
 
 from .conn import NO_DATA, Conn, Held, divergence, first_difference
 from .core import Core
-from .model import ConnKey, Decision, Drop, DropReason, Reason, Side
+from .model import ConnKey, Decision, Drop, DropReason, Reason, Release, Side
 
 FIN = 0x01
 SYN = 0x02
@@ -343,7 +343,19 @@ class TcpConn(Conn):
                     if h.end <= end and not h.flags & CTL and (
                             ack < 0 or (m >= 0 and ((ack - m + HALF) & MASK) <= HALF)):
                         q.popleft()
-                        core.release_held(h, now, out)
+                        # core.release_held(), inlined
+                        h.done = True
+                        self.held_p -= 1
+                        self.frames_matched += 1
+                        st = core.stats
+                        st.held_frames_now -= 1
+                        st.held_bytes_now -= h.size
+                        st.released += 1
+                        st.pairs_matched += 1
+                        held_ms = now - h.arrival
+                        out.append(_new(Release, (h.tag, self.key,
+                                                  held_ms if held_ms > 0.0 else 0.0)))
+                        h.tag = None
                         if not q or q[0].end > end:
                             if self.s_q:
                                 self._settle(core, now, out)
