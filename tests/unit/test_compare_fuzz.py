@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from test_compare_parse import Harness, assert_counters_consistent, tcp, udp
 
 from colo_proxy.compare import CheckpointRequest, Config, Engine, Reason, Release, Side
+from colo_proxy.compare import engine as engine_module
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -198,3 +199,50 @@ def test_random_tcp_control_never_breaks_invariants(
     assert engine.stats.held_frames_now == 0
     assert sorted(decided) == pushed  # exactly one Release or Drop per frame
     assert_counters_consistent(engine)
+
+
+@st.composite
+def mixed_steps(draw: st.DrawFn) -> tuple[Side, bytes, str]:
+    """TCP segments (as above) and UDP datagrams, some on a VLAN, IPv6 or fragmented."""
+    if draw(st.integers(0, 3)):
+        return draw(tcp_segments())
+    side = draw(st.sampled_from([Side.PRIMARY, Side.SECONDARY]))
+    data = draw(st.sampled_from([b"", b"a", b"abcdefghijkl", b"abcdefghijkm", b"x" * 90]))
+    kind = draw(st.sampled_from(["plain", "plain", "plain", "vlan", "frag", "v6"]))
+    ip_kw = {"flags": "MF"} if kind == "frag" else None
+    frame = udp(data, sport=draw(st.sampled_from([53, 54])), vlan=7 if kind == "vlan" else None,
+                v6=kind == "v6", ip_kw=ip_kw)
+    return side, frame, draw(st.sampled_from(["push"] * 8 + ["tick", "checkpoint"]))
+
+
+def _replay(steps: list[tuple[Side, bytes, str]], queue: int) -> tuple[list[object], object]:
+    engine = Engine(Config(compare_timeout_ms=40, max_queue_per_conn=queue,
+                           max_held_bytes=3000, max_connections=3))
+    now = 0.0
+    log: list[object] = []
+    for i, (side, frame, action) in enumerate(steps):
+        now += 5
+        if action == "tick":
+            log += engine.tick(now)
+        elif action == "checkpoint":
+            log += engine.checkpoint_done(now)
+        else:
+            log += engine.push(side, frame, now, i)
+    log += engine.checkpoint_done(now + 1)
+    return log, engine.stats.as_dict()
+
+
+@SETTINGS
+@given(st.lists(mixed_steps(), max_size=60), st.integers(1, 6))
+def test_fast_path_decides_exactly_like_the_general_path(
+        steps: list[tuple[Side, bytes, str]], queue: int) -> None:
+    """push() takes a shortcut for known untagged IPv4 TCP/UDP connections; with it
+    switched off every frame takes the general path.  Both must decide identically."""
+    fast = _replay(steps, queue)
+    saved = engine_module.FAST_MIN
+    engine_module.FAST_MIN = 1 << 30  # no frame is long enough: general path only
+    try:
+        general = _replay(steps, queue)
+    finally:
+        engine_module.FAST_MIN = saved
+    assert fast == general

@@ -408,3 +408,19 @@ def test_urgent_and_flag_noise() -> None:
     h.p(tcp(PISN + 1, b"data", flags="PA"), "p1")
     assert h.s(tcp(SISN + 1, b"data", flags="A"), "s1") == [
         ("drop", "s1", MATCHED), ("release", "p1")]
+
+
+def test_idle_connection_is_rebased_on_its_next_frame_after_a_checkpoint() -> None:
+    h = Harness()
+    handshake(h)
+    h.p(tcp(PISN + 1, b"abc"), "p1")
+    assert h.s(tcp(SISN + 1, b"abc"), "s1") == [("drop", "s1", MATCHED), ("release", "p1")]
+    # Another connection diverges; the checkpoint finds nothing held on this one.
+    h.p(tcp(9, b"x", sport=81), "q1")
+    h.s(tcp(9, b"y", sport=81), "r1")
+    assert h.checkpoint_done() == [("release", "q1")]
+    # The SVM, restored from the PVM, goes on in the PVM's numbering.
+    assert h.p(tcp(PISN + 4, b"def"), "p2") == []
+    assert h.s(tcp(PISN + 4, b"def"), "s2") == [("drop", "s2", MATCHED), ("release", "p2")]
+    assert len(h.requests) == 1
+    h.assert_consistent()
