@@ -129,26 +129,34 @@ prepare_series() {
     stamp=$dir/.prepared
 
     inst=$(installed_headers "$series")
+    local seen="installed-headers: ${inst:-none}"
     if [ -f "$stamp" ] && [ -f "$dir/KVER" ] && [ -e "$dir/kdir/Makefile" ] \
         && [ -e "$dir/root/boot/vmlinuz-$(cat "$dir/KVER")" ]; then
         # Still valid unless the installed headers for this series changed under us.
-        if [ -z "$inst" ] || [ "$(cat "$stamp")" = "installed ${inst}" ]; then
+        if [ "$(head -1 "$stamp")" = "$seen" ]; then
             echo "kernels: $series: $(cat "$dir/KVER") (cached)"
             return 0
         fi
     fi
     rm -f "$stamp"
 
+    apt_prepare
     if [ -n "$inst" ]; then
         read -r kver ver <<<"$inst"
+        # The archive keeps only current versions: if the image matching the installed
+        # headers is gone, fall back to the archive's newest headers + image.
+        if ! apt-cache "${APT_OPTS[@]}" show "linux-image-$kver=$ver" >/dev/null 2>&1; then
+            say "$series: linux-image-$kver $ver no longer in the archive; using the archive's kernel"
+            inst=""
+        fi
+    fi
+    if [ -n "$inst" ]; then
         hdr=/usr/src/linux-headers-$kver
         [ -f "$hdr/Makefile" ] || die "$series: package linux-headers-$kver installed but $hdr missing"
         common=$(readlink -f "/lib/modules/$kver/source" 2>/dev/null || true)
         [ -d "$common" ] || common=$(sed -n 's|^include \(.*\)/Makefile$|\1|p' "$hdr/Makefile" | head -1)
         say "$series: using installed headers $kver ($ver)"
-        apt_prepare
     else
-        apt_prepare
         read -r kver ver <<<"$(archive_headers "$series")" || true
         [ -n "${kver:-}" ] || die "$series: no linux-headers-$series.*-$ARCH in bookworm/bookworm-backports"
         say "$series: headers $kver ($ver) from the archive"
@@ -201,7 +209,7 @@ prepare_series() {
 
     echo "$kver" > "$dir/KVER"
     ln -sfn "$hdr" "$dir/kdir"
-    if [ -n "$inst" ]; then echo "installed ${inst}" > "$stamp"; else echo "archive $kver $ver" > "$stamp"; fi
+    printf '%s\nused: %s %s (%s)\n' "$seen" "$kver" "$ver" "$([ -n "$inst" ] && echo installed || echo archive)" > "$stamp"
     echo "kernels: $series: $kver ready ($dir)"
 }
 

@@ -7,7 +7,7 @@
 # kmod/nfnetlink_colo with W=1 in a private copy per series, BUILD/kmod/<series>/, so the
 # builds never clobber each other or the source tree.  Result:
 #   BUILD/kmod/<series>/nfnetlink_colo.ko
-# Any compiler warning fails the build.
+# Any compiler or sparse (C=1) warning fails the build.
 set -euo pipefail
 
 die() { echo "kmod-build: $*" >&2; exit 1; }
@@ -31,13 +31,17 @@ for series in "$@"; do
     cp -a "$SRC/Kbuild" "$SRC"/*.c "$SRC"/*.h "$out/"
     mkdir -p "$out/uapi/linux" && cp -a "$SRC/uapi/linux/"*.h "$out/uapi/linux/"
     log=$out/build.log
-    if ! make -C "$kdir" M="$out" W=1 modules >"$log" 2>&1; then
+    # C=1: sparse checks every source it compiles (Makefile APT_PKGS installs sparse).
+    command -v sparse >/dev/null || die "sparse not found (make deps)"
+    if ! make -C "$kdir" M="$out" W=1 C=1 modules >"$log" 2>&1; then
         cat "$log" >&2
         die "$series: build failed (log: $log)"
     fi
     if grep -q 'warning:' "$log"; then
         grep -B2 -A4 'warning:' "$log" >&2
-        die "$series: compiler warnings (W=1 must be clean; log: $log)"
+        # Up-to-date objects would compile silently next time: force a rebuild.
+        rm -f "$out"/*.o "$out"/*.ko
+        die "$series: compiler/sparse warnings (W=1 C=1 must be clean; log: $log)"
     fi
     [ -f "$out/nfnetlink_colo.ko" ] || die "$series: nfnetlink_colo.ko not produced"
     vm=$(modinfo -F vermagic "$out/nfnetlink_colo.ko")
