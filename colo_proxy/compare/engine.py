@@ -26,9 +26,10 @@ from .tcp import TcpConn
 FAST_MIN = 48
 """Bytes after the virtio-net header that push()'s fast-path unpack reads."""
 _PORTS = struct.Struct("!HH").pack
-_HDR = struct.Struct("!B11xHBxH2xHxB2x12sIIBB").unpack_from
-"""dst MAC's first byte, EtherType, IPv4 version/IHL, total length, fragment field,
-protocol, addresses and ports (12 bytes), then TCP seq, ack, data offset, flags."""
+_HDR = struct.Struct("!B11xIH2xI2x12sIIH").unpack_from
+"""dst MAC's first byte; EtherType, IPv4 version/IHL and TOS; total length; fragment
+field, TTL and protocol; addresses and ports (12 bytes); then TCP seq, ack, and data
+offset with flags."""
 
 RETIRED_MAX = 4096
 """Retired TCP connections remembered (least recently retired forgotten first)."""
@@ -78,44 +79,52 @@ class Engine(Core):
         if size - off >= FAST_MIN and off >= 0:
             # Fast path: a known connection of untagged IPv4 TCP/UDP (docs/compare.md,
             # "Performance"); anything else, or any doubt, takes the general path.
-            mac0, et, vihl, total, frag, proto, addrs, seq, ack, doff, flags = _HDR(frame, off)
+            mac0, ethv, total, fp, addrs, seq, ack, df = _HDR(frame, off)
             end = off + 14 + total
-            if et == 0x800 and vihl == 0x45 and mac0 != 1 and not frag & 0x3FFF and end <= size:
-                if proto == 6:
+            # IPv4 without options, not a fragment; not to a 01:xx link-local/multicast MAC.
+            if ethv & 0xFFFFFF00 == 0x08004500 and mac0 != 1 and end <= size:
+                fp &= 0x3FFF00FF  # fragment offset + MF, and the protocol
+                if fp == 6:
                     tcp = self._fast_tcp.get(addrs)
-                    hl = (doff >> 4) << 2
-                    if tcp is not None and tcp.epoch == self._epoch and 20 <= hl <= total - 20:
-                        cfg = self.config
-                        if (tcp.held_s if s else tcp.held_p) < 2 * cfg.max_queue_per_conn \
-                                and st.held_bytes_now + size <= 2 * cfg.max_held_bytes:
-                            self._conns.move_to_end(tcp.key)
-                            out: list[Decision] = []
-                            if s:
-                                tcp.secondary(self, seq, ack, flags, frame[off + 34 + hl:end],
-                                              size, tag, now_ms, out)
-                            else:
-                                tcp.primary(self, seq, ack, flags, frame[off + 34 + hl:end],
-                                            size, tag, now_ms, out)
-                            if tcp.closed and not tcp.held_p and not tcp.held_s:
-                                self._retire(tcp)
+                    hl = (df >> 10) & 0x3C
+                    if tcp is not None and tcp.epoch == self._epoch and 20 <= hl <= total - 20 \
+                            and not tcp.queue_flag and not self._memory_flag \
+                            and size <= self.config.max_held_bytes:
+                        # Below the soft limits, so below the hard ones (push's general
+                        # path checks them exactly).
+                        self._conns.move_to_end(tcp.key)
+                        out: list[Decision] = []
+                        if s:
+                            tcp.secondary(self, seq, ack, df & 0xFF, frame[off + 34 + hl:end],
+                                          size, tag, now_ms, out)
+                        else:
+                            tcp.primary(self, seq, ack, df & 0xFF, frame[off + 34 + hl:end],
+                                        size, tag, now_ms, out)
+                        if tcp.closed and not tcp.held_p and not tcp.held_s:
+                            self._retire(tcp)
+                        arrivals = self._arrivals
+                        if arrivals and (arrivals[0].done or now_ms - arrivals[0].arrival
+                                         >= self.config.compare_timeout_ms):
                             self._expire(now_ms, out)
-                            return out
-                elif proto == 17 and total >= 28:
+                        return out
+                elif fp == 17 and total >= 28:
                     fifo = self._fast_udp.get(addrs)
-                    if fifo is not None and fifo.epoch == self._epoch:
-                        cfg = self.config
-                        if (fifo.held_s if s else fifo.held_p) < 2 * cfg.max_queue_per_conn \
-                                and st.held_bytes_now + size <= 2 * cfg.max_held_bytes:
-                            self._conns.move_to_end(fifo.key)
-                            out = []
-                            # Ports and length, then everything up to the IP end (parse.py).
-                            data = frame[off + 34:off + 40] + frame[off + 42:end]
-                            if s:
-                                fifo.secondary(self, data, size, tag, now_ms, out)
-                            else:
-                                fifo.primary(self, data, size, tag, now_ms, out)
+                    if fifo is not None and fifo.epoch == self._epoch \
+                            and not fifo.queue_flag and not self._memory_flag \
+                            and size <= self.config.max_held_bytes:
+                        self._conns.move_to_end(fifo.key)
+                        out = []
+                        # Ports and length, then everything up to the IP end (parse.py).
+                        data = frame[off + 34:off + 40] + frame[off + 42:end]
+                        if s:
+                            fifo.secondary(self, data, size, tag, now_ms, out)
+                        else:
+                            fifo.primary(self, data, size, tag, now_ms, out)
+                        arrivals = self._arrivals
+                        if arrivals and (arrivals[0].done or now_ms - arrivals[0].arrival
+                                         >= self.config.compare_timeout_ms):
                             self._expire(now_ms, out)
-                            return out
+                        return out
         out = []
         kind, key, a, b, c, d = parse(frame, off)
         if kind <= FIFO:  # TCP or FIFO

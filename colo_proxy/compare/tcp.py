@@ -146,12 +146,12 @@ class TcpConn(Conn):
 
     def primary(self, core: Core, seq: int, ack: int, flags: int, payload: bytes, size: int,
                 tag: object, now: float, out: list[Decision]) -> None:
-        aseq = self.p_aseq
         n = len(payload)
-        if n and aseq >= 0 and not flags & CTL and not self.diverged and self.s_fin is None \
-                and not self.s_rst:
-            # Fast paths: in-order data, the secondary behind or exactly ahead.
-            off = self.p_aoff + (((seq - aseq + HALF) & MASK) - HALF)
+        if seq == self.p_aseq and n and not flags & CTL and not self.diverged \
+                and self.s_fin is None and not self.s_rst:
+            # Fast paths: in-order data (it starts where the previous segment ended),
+            # the secondary behind or exactly ahead.
+            off = self.p_aoff
             s_pend = self.s_pend
             if off == self.v + len(self.p_pend) and not self.p_ooo and (
                     not s_pend or (len(s_pend) >= n and s_pend.startswith(payload))):
@@ -310,12 +310,12 @@ class TcpConn(Conn):
         if self.diverged:
             core.drop(1, tag, self, DropReason.DIVERGED, out)
             return
-        aseq = self.s_aseq
         n = len(payload)
-        if n and aseq >= 0 and not flags & CTL and not self.s_reanchor and not self.s_pend \
-                and not self.s_ooo and self.p_fin is None and not self.p_rst:
-            # Fast path: in-order data that the primary already sent, all of it.
-            off = self.s_aoff + (((seq - aseq + HALF) & MASK) - HALF)
+        if seq == self.s_aseq and n and not flags & CTL and not self.s_reanchor \
+                and not self.s_pend and not self.s_ooo and self.p_fin is None and not self.p_rst:
+            # Fast path: in-order data (it starts where the previous segment ended) that
+            # the primary already sent, all of it.
+            off = self.s_aoff
             p_pend = self.p_pend
             if off == self.v and len(p_pend) >= n and p_pend.startswith(payload):
                 end = off + n
