@@ -158,7 +158,7 @@ class TcpConn(Conn):
                 end = off + n
                 if flags & ACK:
                     m = self.p_max_ack
-                    if m < 0 or ((ack - m + HALF) & MASK) - HALF > 0:
+                    if ack != m and (m < 0 or ((ack - m + HALF) & MASK) - HALF > 0):
                         self.p_max_ack = ack
                 else:
                     ack = -1
@@ -329,7 +329,7 @@ class TcpConn(Conn):
                 core.stats.bytes_compared += n
                 if flags & ACK:
                     m = self.s_max_ack
-                    if m < 0 or ((ack - m + HALF) & MASK) - HALF > 0:
+                    if ack != m and (m < 0 or ((ack - m + HALF) & MASK) - HALF > 0):
                         self.s_max_ack = ack
                 # core.drop(MATCHED) and the common case of _settle(), inlined
                 dropped = core.stats.dropped
@@ -340,8 +340,8 @@ class TcpConn(Conn):
                     h = q[0]
                     ack = h.ack
                     m = self.s_max_ack
-                    if h.end <= end and not h.flags & CTL and (
-                            ack < 0 or (m >= 0 and ((ack - m + HALF) & MASK) <= HALF)):
+                    if h.end <= end and not h.flags & CTL and (ack == m or ack < 0 or (
+                            m >= 0 and ((ack - m + HALF) & MASK) <= HALF)):
                         q.popleft()
                         # core.release_held(), inlined
                         h.done = True
