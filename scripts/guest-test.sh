@@ -7,7 +7,7 @@
 # Writes BUILD/guest/SERIES/{console.log,pytest.log,junit.xml,dmesg.txt,rc,times}.
 # Environment:
 #   PYTEST_ARGS      extra pytest arguments (word-split), added before those after --
-#   GUEST_TIMEOUT    seconds per kernel before QEMU is killed (default 900)
+#   GUEST_TIMEOUT    seconds per kernel before QEMU is killed (default 1800)
 #   GUEST_CMD        run this shell command in the guest instead of the suite (debugging);
 #                    the module is then not required
 #   GUEST_INTERACTIVE=1  attach the terminal to the guest's console (with GUEST_CMD='bash -i')
@@ -26,7 +26,7 @@ while [ $# -gt 0 ] && [ "$1" != -- ]; do series+=("$1"); shift; done
 [ "${1:-}" = -- ] && shift
 read -r -a env_args <<<"${PYTEST_ARGS:-}"
 pytest_args=("${env_args[@]}" "$@")
-timeout_s=${GUEST_TIMEOUT:-900}
+timeout_s=${GUEST_TIMEOUT:-1800}
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "guest-test: must run as root (QEMU exports / over 9p with the host's permissions)" >&2
