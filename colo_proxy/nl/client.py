@@ -113,8 +113,8 @@ class ColoClient:
         msg = request(op, **attrs)
         with kernel_errors(str(op)):
             replies = self._sock.nlm_request(msg, msg_type=self._sock.prid, msg_flags=flags)
-            return [m for m in replies if m.get("cmd") is not None and m["header"]["type"]
-                    == self._sock.prid]
+            # keep the family's messages; acks (NLMSG_ERROR 0) and NLMSG_DONE are dropped
+            return [m for m in replies if m["header"]["type"] == self._sock.prid]
 
     def _ack(self, op: Cmd, **attrs: Any) -> None:
         self._do(op, NLM_F_REQUEST | NLM_F_ACK, **attrs)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .constants import GoneReason, Mode, Reason, State
+
+if TYPE_CHECKING:
+    from ..compare.model import ConnKey
 
 STATS_FIELDS = (
     "checkpoints",
@@ -44,7 +47,7 @@ class FlowTuple:
         return cls(s.version, proto, s.packed, d.packed, sport, dport, vlan)
 
     @classmethod
-    def from_conn_key(cls, key: Any) -> FlowTuple:
+    def from_conn_key(cls, key: ConnKey) -> FlowTuple:
         """From a ``colo_proxy.compare.model.ConnKey`` (IP keys only)."""
         if key.l3 not in (4, 6):
             raise ValueError(f"only IP connections have a tuple (l3={key.l3})")
