@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .model import ConnKey, ConnStats, Divergence
 
 NO_DATA = -(1 << 62)
@@ -61,6 +63,7 @@ class Conn:
         "passthrough",
         "queue_flag",
         "requests",
+        "retired_at",
     )
 
     def __init__(self, key: ConnKey, epoch: int, passthrough: bool) -> None:
@@ -78,6 +81,8 @@ class Conn:
         self.first_div: Divergence | None = None
         self.fast: bytes | None = None
         """Key in the engine's fast-path table, when registered there."""
+        self.retired_at = -math.inf
+        """When the connection retired (``-inf`` while it is tracked)."""
 
     @property
     def busy(self) -> bool:
@@ -101,6 +106,7 @@ class Conn:
             held_secondary=self.held_s,
             checkpoint_requests=self.requests,
             first_divergence=self.first_div,
+            retired=self.retired_at != -math.inf,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -33,6 +34,8 @@ offset with flags."""
 
 RETIRED_MAX = 4096
 """Retired TCP connections remembered (least recently retired forgotten first)."""
+RETIRED_VISIBLE_MS = 1000.0
+"""``connections()`` still lists a connection this long after it retired."""
 
 
 class Engine(Core):
@@ -52,6 +55,8 @@ class Engine(Core):
         super().__init__(config)
         self._conns: OrderedDict[tuple[object, ...], Conn] = OrderedDict()
         self._retired: OrderedDict[tuple[object, ...], Conn] = OrderedDict()
+        self._clock = -math.inf
+        """The latest time seen by tick(), checkpoint_done() or a retirement."""
         self._fast_tcp: dict[bytes, TcpConn] = {}
         self._fast_udp: dict[bytes, FifoConn] = {}
         """Connections of untagged IPv4 TCP/UDP by their address and port bytes (the
@@ -101,7 +106,7 @@ class Engine(Core):
                             tcp.primary(self, seq, ack, df & 0xFF, frame[off + 34 + hl:end],
                                         size, tag, now_ms, out)
                         if tcp.closed and not tcp.held_p and not tcp.held_s:
-                            self._retire(tcp)
+                            self._retire(tcp, now_ms)
                         arrivals = self._arrivals
                         if arrivals and (arrivals[0].done or now_ms - arrivals[0].arrival
                                          >= self.config.compare_timeout_ms):
@@ -166,7 +171,7 @@ class Engine(Core):
                         else:
                             fc.primary(self, a, size, tag, now_ms, out)
                 if conn.closed and not conn.held_p and not conn.held_s:
-                    self._retire(conn)
+                    self._retire(conn, now_ms)
         elif kind == CONTROL:
             if s:
                 self.drop(1, tag, None, DropReason.SECONDARY_CONTROL, out)
@@ -197,11 +202,13 @@ class Engine(Core):
                 self.check_timeout(now, out)
 
     def tick(self, now_ms: float) -> list[Decision]:
+        self._clock = max(self._clock, now_ms)
         out: list[Decision] = []
         self.check_timeout(now_ms, out)
         return out
 
     def checkpoint_done(self, now_ms: float) -> list[Decision]:
+        self._clock = max(self._clock, now_ms)
         out: list[Decision] = []
         st = self.stats
         touched: dict[int, Conn] = {}
@@ -230,7 +237,7 @@ class Engine(Core):
         for conn in touched.values():
             conn.rebase(self._epoch)
             if conn.closed:
-                self._retire(conn)
+                self._retire(conn, now_ms)
         return out
 
     @property
@@ -239,10 +246,20 @@ class Engine(Core):
         return len(self._retired)
 
     def connections(self) -> Iterable[ConnStats]:
-        return [conn.stats() for conn in self._conns.values()]
+        """The tracked connections, then those that retired in the last
+        ``RETIRED_VISIBLE_MS`` (``retired`` set), newest first: a periodic reporter sees
+        every connection at least once, with its final counts."""
+        out = [conn.stats() for conn in self._conns.values()]
+        horizon = self._clock - RETIRED_VISIBLE_MS
+        for conn in reversed(self._retired.values()):
+            if conn.retired_at < horizon:
+                break
+            out.append(conn.stats())
+        return out
 
     def conn_stats(self, key: ConnKey) -> ConnStats | None:
-        conn = self._conns.get(key)
+        """A tracked connection, or one still in the retired table (``retired`` set)."""
+        conn = self._conns.get(key) or self._retired.get(key)
         return conn.stats() if conn is not None else None
 
     # -- internals ---------------------------------------------------------------------
@@ -258,6 +275,7 @@ class Engine(Core):
         conn = self._retired.pop(key, None)
         if conn is not None:
             # A late frame of a retired connection: it comes back with its numbering.
+            conn.retired_at = -math.inf
             self._conns[conn.key] = conn
             st.connections_now += 1
             self._limit_request(conn, over, now, out)
@@ -291,7 +309,7 @@ class Engine(Core):
             self.stats.released += 1
             out.append(Release(tag, conn.key, 0.0))
 
-    def _retire(self, conn: Conn) -> None:
+    def _retire(self, conn: Conn, now: float) -> None:
         """Move a closed connection to the retired table; with a tracked reverse
         direction, wait for it."""
         key = conn.key
@@ -300,8 +318,8 @@ class Engine(Core):
         if other is not None and other is not conn:
             if not other.closed or other.busy:
                 return
-            self._bury(other)
-        self._bury(conn)
+            self._bury(other, now)
+        self._bury(conn, now)
 
     def _register_fast(self, conn: Conn) -> None:
         key = conn.key
@@ -317,11 +335,13 @@ class Engine(Core):
             (self._fast_tcp if conn.key.proto == 6 else self._fast_udp).pop(conn.fast, None)
             conn.fast = None
 
-    def _bury(self, conn: Conn) -> None:
+    def _bury(self, conn: Conn, now: float) -> None:
         if self._conns.pop(conn.key, None) is None:
             return
         self._unregister_fast(conn)
         self.stats.connections_now -= 1
+        conn.retired_at = now
+        self._clock = max(self._clock, now)
         retired = self._retired
         retired[conn.key] = conn
         retired.move_to_end(conn.key)

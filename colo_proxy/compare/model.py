@@ -261,3 +261,6 @@ class ConnStats:
     held_secondary: int = 0
     checkpoint_requests: int = 0
     first_divergence: Divergence | None = None
+    retired: bool = False
+    """The connection closed and left the table (``Engine.connections()`` lists it for
+    ``RETIRED_VISIBLE_MS`` more; a late frame brings it back)."""

@@ -149,3 +149,28 @@ def test_new_syn_on_a_retired_connections_ports_starts_afresh() -> None:
         ("drop", "s1", MATCHED), ("release", "p1")]
     assert h.requests == []
     h.assert_consistent()
+
+
+def test_a_retired_connection_is_listed_for_a_while_with_its_final_counts() -> None:
+    """A periodic reporter (the datapaths' stats events) sees every connection at least
+    once, with its final counts, even one that opened and closed between two reports."""
+    from colo_proxy.compare.engine import RETIRED_VISIBLE_MS
+
+    h = Harness()
+    for i, frame in enumerate(http_exchange(1000, body(100))):
+        h.p(frame, f"p{i}", dt=0)
+        h.s(frame, f"s{i}", dt=0)
+    assert h.engine.stats.connections_now == 0
+    (conn,) = h.engine.connections()
+    assert conn.retired and conn.bytes_matched == 100 and conn.frames_matched == 5
+    assert h.engine.conn_stats(conn.key) == conn
+    h.tick(RETIRED_VISIBLE_MS - 1)
+    assert [c.key for c in h.engine.connections()] == [conn.key]
+    h.tick(2)
+    assert list(h.engine.connections()) == []
+    assert h.engine.conn_stats(conn.key) == conn  # still remembered for late frames
+    # A late frame brings it back as a tracked connection.
+    h.p(tcp(1000 + 102, flags="A", ack=ACK + 1), "p-late")
+    (back,) = h.engine.connections()
+    assert back.retired and back.frames_matched == 6  # released, and retired again
+    h.assert_consistent()

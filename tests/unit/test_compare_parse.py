@@ -149,7 +149,7 @@ def assert_counters_consistent(engine: Engine) -> None:
     assert sum(st.frames) == st.released + sum(st.dropped.values()) + st.held_frames_now
     assert st.held_frames_now >= 0
     assert st.held_bytes_now >= 0
-    conns = list(engine.connections())
+    conns = [c for c in engine.connections() if not c.retired]
     assert st.connections_now == len(conns)
     assert st.held_frames_now == sum(c.held_primary + c.held_secondary for c in conns)
     if st.held_frames_now == 0:
