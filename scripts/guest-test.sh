@@ -144,7 +144,9 @@ run_series() {
     fi
     if [ -f "$out/pytest.log" ]; then
         local summary
-        summary=$(grep -E '^=+ .*( in [0-9.]+s).* =+$' "$out/pytest.log" | tail -1)
+        # "==== 59 passed in 305.1s ====" (or without the rules under -q)
+        summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|skipped|deselected).* in [0-9.]+s' \
+                  "$out/pytest.log" | tail -1)
         echo "${p}pytest: ${summary:-no summary line (see $out/pytest.log)}"
     fi
     local boot_s='?' cmd_s='?'
