@@ -19,12 +19,17 @@ import stat
 from collections.abc import Callable
 
 from ..errors import ColoError
-from ..qemu.framing import FrameDecoder, FramingError, QemuFrame
+from ..qemu.framing import FrameDecoder, FramingError
 from .endpoints import Endpoint
 
 log = logging.getLogger("colo_proxy.qemu_socket")
 
-FrameSink = Callable[[list[QemuFrame]], None]
+FrameSink = Callable[[list[bytes], list[int] | None], None]
+"""Receives the frames of one read: payloads and vnet_hdr_len words (FrameDecoder.split)."""
+
+
+def _ignore(payloads: list[bytes], vlens: list[int] | None) -> None:
+    return None
 
 
 class _Conn(asyncio.Protocol):
@@ -32,7 +37,7 @@ class _Conn(asyncio.Protocol):
         self.link = link
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(link.vnet_hdr, on_error=self._framing_error)
-        self.feed = self.decoder.feed
+        self.split = self.decoder.split
         self.sink = link.sink
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -41,9 +46,9 @@ class _Conn(asyncio.Protocol):
         self.link._attach(self)
 
     def data_received(self, data: bytes) -> None:
-        frames = self.feed(data)
-        if frames:
-            self.sink(frames)
+        payloads, vlens = self.split(data)
+        if payloads:
+            self.sink(payloads, vlens)
 
     def eof_received(self) -> bool | None:
         err = self.decoder.at_eof()
@@ -69,14 +74,14 @@ class _Conn(asyncio.Protocol):
 
 
 class Link:
-    """A named endpoint delivering decoded frames to ``sink``."""
+    """A named endpoint delivering the decoded frames of each read to ``sink``."""
 
     def __init__(self, name: str, endpoint: Endpoint, vnet_hdr: bool,
                  sink: FrameSink | None = None) -> None:
         self.name = name
         self.endpoint = endpoint
         self.vnet_hdr = vnet_hdr
-        self.sink: FrameSink = sink or (lambda frames: None)
+        self.sink: FrameSink = sink or _ignore
         self.conn: _Conn | None = None
         self.framing_errors = 0
         self.connections = 0

@@ -35,11 +35,15 @@ from dataclasses import dataclass, field
 from ..compare.engine import Engine
 from ..compare.model import CheckpointRequest, Decision, Release, Side
 from ..qemu import notify as msg
-from ..qemu.framing import QemuFrame, encode
+from ..qemu.framing import QemuFrame, encode, header_packer
 from .endpoints import Endpoint
 from .links import Link
 
 log = logging.getLogger("colo_proxy.qemu_socket")
+
+_monotonic = time.monotonic
+_PRIMARY = Side.PRIMARY
+_SECONDARY = Side.SECONDARY
 
 HELD_ON_EXIT = ("flush", "drop")
 
@@ -97,60 +101,102 @@ class QemuSocketDatapath:
         self._hook_retry_at = 0.0
         self._pending_notify = False
         self._out_chunks: list[bytes] = []
+        """Released frames not yet written: length word(s) and payload, or whole frames."""
+        self._out_head = header_packer(self._out_vnet)
+        self._out_queued = 0
+        self._flush_scheduled = False
 
     # -- frame paths -------------------------------------------------------------
+    #
+    # Hot path: one call per read (FrameDecoder.split: a list of payload bytes), one
+    # Engine.push per frame with everything bound to locals, released frames appended
+    # to one chunk list as [length word, payload] pairs (the tag of a primary frame
+    # without vnet_hdr_len word is its payload, so nothing is re-encoded or copied
+    # until the join), and one outdev write per event-loop iteration.
 
-    def _primary_frames(self, frames: list[QemuFrame]) -> None:
-        now = time.monotonic() * 1000.0
+    def _primary_frames(self, payloads: list[bytes], vlens: list[int] | None) -> None:
+        now = _monotonic() * 1000.0
         push = self.engine.push
-        out: list[Decision] = []
-        for frame in frames:
-            out += push(Side.PRIMARY, frame.payload, now, frame, frame.vnet_hdr_len)
-        if out:
-            self._handle(out)
+        if vlens is None:
+            for p in payloads:
+                if decisions := push(_PRIMARY, p, now, p, 0):
+                    self._handle(decisions)
+        else:
+            for p, v in zip(payloads, vlens, strict=True):
+                if decisions := push(_PRIMARY, p, now, QemuFrame(p, v), v):
+                    self._handle(decisions)
 
-    def _secondary_frames(self, frames: list[QemuFrame]) -> None:
-        now = time.monotonic() * 1000.0
+    def _secondary_frames(self, payloads: list[bytes], vlens: list[int] | None) -> None:
+        now = _monotonic() * 1000.0
         push = self.engine.push
-        out: list[Decision] = []
-        for frame in frames:
-            out += push(Side.SECONDARY, frame.payload, now, None, frame.vnet_hdr_len)
-        if out:
-            self._handle(out)
+        if vlens is not None:
+            for p, v in zip(payloads, vlens, strict=True):
+                if decisions := push(_SECONDARY, p, now, None, v):
+                    self._handle(decisions)
+            return
+        append = self._out_chunks.append
+        head = self._out_head
+        released = 0
+        for p in payloads:
+            for d in push(_SECONDARY, p, now, None, 0):
+                if type(d) is Release:
+                    tag = d.tag
+                    if type(tag) is bytes:
+                        append(head(len(tag)))
+                        append(tag)
+                    else:
+                        append(self._encode(tag))
+                    released += 1
+                elif type(d) is CheckpointRequest:
+                    self._checkpoint_request(d)
+        if released:
+            self._queued(released)
 
     def _handle(self, decisions: list[Decision]) -> None:
-        chunks: list[bytes] = []
-        vnet = self._out_vnet
+        append = self._out_chunks.append
+        released = 0
         for d in decisions:
             if type(d) is Release:
-                frame = d.tag
-                assert isinstance(frame, QemuFrame)
-                chunks.append(encode(frame.payload, frame.vnet_hdr_len if vnet else None))
+                tag = d.tag
+                if type(tag) is bytes:
+                    append(self._out_head(len(tag)))
+                    append(tag)
+                else:
+                    append(self._encode(tag))
+                released += 1
             elif type(d) is CheckpointRequest:
                 self._checkpoint_request(d)
-        if chunks:
-            self._send_out(chunks)
+        if released:
+            self._queued(released)
 
-    def _send_out(self, chunks: list[bytes]) -> None:
-        """Queue released frames; one write per event-loop iteration (fewer syscalls)."""
-        self.counters.out_frames += len(chunks)
-        if not self._out_chunks:
+    def _encode(self, tag: object) -> bytes:
+        """Frame a released primary that arrived with a vnet_hdr_len word."""
+        assert isinstance(tag, QemuFrame)
+        return encode(tag.payload, tag.vnet_hdr_len if self._out_vnet else None)
+
+    def _queued(self, frames: int) -> None:
+        """``frames`` released frames were queued; one write per event-loop iteration."""
+        self.counters.out_frames += frames
+        self._out_queued += frames
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_out)
-        self._out_chunks += chunks
 
     def _flush_out(self) -> None:
+        self._flush_scheduled = False
         chunks = self._out_chunks
         if not chunks:
             return
-        self._out_chunks = []
+        frames, self._out_queued = self._out_queued, 0
         data = b"".join(chunks)
+        chunks.clear()
         if self._backlog:
             self._flush_backlog()
         if self._backlog or not self.outdev.write(data):
             if self._backlog_bytes + len(data) > self.settings.out_backlog_bytes:
-                self.counters.out_lost += len(chunks)
+                self.counters.out_lost += frames
                 log.warning("outdev not connected and backlog full: %d released frames lost",
-                            len(chunks))
+                            frames)
                 return
             self._backlog.append(data)
             self._backlog_bytes += len(data)
@@ -192,17 +238,17 @@ class QemuSocketDatapath:
         if self._pending_notify and self.engine.checkpoint_pending:
             self._send_do_checkpoint()
 
-    def _notify_frames(self, frames: list[QemuFrame]) -> None:
+    def _notify_frames(self, payloads: list[bytes], vlens: list[int] | None) -> None:
         assert self.notify is not None
-        for frame in frames:
-            if frame.payload == msg.COLO_CHECKPOINT:
+        for payload in payloads:
+            if payload == msg.COLO_CHECKPOINT:
                 self.counters.notify_done += 1
                 self.checkpoint_done()
-            elif frame.payload == msg.PROXY_INIT:
+            elif payload == msg.PROXY_INIT:
                 self.notify.write(msg.encode_message(msg.PROXY_INIT_REPLY))
             else:
                 self.counters.notify_unsupported += 1
-                log.warning("notify: unsupported instruction %r", frame.payload[:64])
+                log.warning("notify: unsupported instruction %r", payload[:64])
 
     def checkpoint_done(self) -> None:
         self._pending_notify = False

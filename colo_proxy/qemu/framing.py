@@ -89,14 +89,32 @@ def header_size(vnet_hdr: bool) -> int:
     return 8 if vnet_hdr else 4
 
 
+Payloads = tuple[list[bytes], list[int] | None]
+"""``FrameDecoder.split``'s result: the payloads of the complete frames, and their
+vnet_hdr_len words (None when the stream has no vnet_hdr_len words)."""
+
+
+def header_packer(vnet_hdr: bool) -> Callable[[int], bytes]:
+    """``pack(L)``: the length word(s) in front of an L-byte payload (vnet_hdr_len 0)."""
+    if not vnet_hdr:
+        return _pack_u32
+    return lambda length: _pack_u32x2(length, 0)
+
+
 class FrameDecoder:
     """Incremental decoder for one direction of one chardev stream.
 
-    ``feed`` accepts arbitrary chunks (partial reads) and returns the complete
-    frames they finish.  Bad frames are reported through ``errors`` (the last
-    MAX_ERRORS_KEPT), ``counts`` (per kind) and the optional ``on_error``
-    callback; they never raise.  After a fatal error ``fatal`` is set and all
-    further input is discarded.
+    ``split`` (the fast interface) and ``feed`` accept arbitrary chunks (partial
+    reads) and return the complete frames they finish: ``split`` as a list of
+    payload bytes (plus the vnet_hdr_len words), ``feed`` as QemuFrame tuples.
+    One call decodes every frame of the chunk with a cursor over it: a payload is
+    one slice of the received bytes, and only an incomplete trailing frame is kept
+    (and joined with the next chunks once they complete it).
+
+    Bad frames are reported through ``errors`` (the last MAX_ERRORS_KEPT),
+    ``counts`` (per kind) and the optional ``on_error`` callback; they never
+    raise.  After a fatal error ``fatal`` is set and all further input is
+    discarded.
     """
 
     def __init__(
@@ -113,73 +131,122 @@ class FrameDecoder:
         self.fatal: FramingError | None = None
         self.frames = 0
         self._hdr = header_size(vnet_hdr)
-        self._buf = bytearray()
+        self._tail: list[bytes] = []
+        """Chunks holding an incomplete frame (the first one starts with its header)."""
+        self._tail_len = 0
+        self._need = 0
+        """Bytes ``_tail`` must reach before the next frame can be decoded."""
         self._consumed = 0
-        """Stream offset of ``_buf[0]``."""
+        """Stream offset of the first byte of ``_tail`` (of the chunk being decoded)."""
 
     @property
     def pending(self) -> int:
         """Bytes buffered that do not yet form a complete frame."""
-        return len(self._buf)
+        return self._tail_len
 
-    def feed(self, data: bytes) -> list[QemuFrame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[QemuFrame]:
+        """Decode ``data``; the complete frames as QemuFrame tuples."""
+        payloads, vlens = self.split(data)
+        if vlens is None:
+            return [QemuFrame(p, 0) for p in payloads]
+        return [QemuFrame(p, v) for p, v in zip(payloads, vlens, strict=True)]
+
+    def split(self, data: bytes | bytearray | memoryview) -> Payloads:
+        """Decode ``data``; the payloads of the frames it completes (see ``Payloads``)."""
+        vlens: list[int] | None = [] if self.vnet_hdr else None
         if self.fatal is not None:
-            return []
-        buf = self._buf
-        buf += data
-        hdr = self._hdr
+            return [], vlens
+        tail = self._tail
+        if tail:
+            tail.append(data if type(data) is bytes else bytes(data))
+            self._tail_len += len(data)
+            if self._tail_len < self._need:
+                return [], vlens
+            buf = b"".join(tail)
+            tail.clear()
+            self._tail_len = 0
+        else:
+            buf = data if type(data) is bytes else bytes(data)
         size = len(buf)
         pos = 0
-        out: list[QemuFrame] = []
+        out: list[bytes] = []
         append = out.append
         max_len = self.max_len
-        vnet = self.vnet_hdr
-        while size - pos >= hdr:
-            if vnet:
-                length, vlen = _unpack_u32x2(buf, pos)
-            else:
-                (length,) = _unpack_u32(buf, pos)
-                vlen = 0
-            if length > max_len:
-                self._error(ErrorKind.OVERSIZE, pos,
-                            f"oversized frame: length word {length} > {max_len} bytes; the "
-                            "length word is the only synchronisation, so the rest of the "
-                            "stream is ignored", fatal=True)
-                buf.clear()
-                self.frames += len(out)
-                return out
-            end = pos + hdr + length
-            if end > size:
-                break
-            if length == 0:
+        if vlens is None:
+            unpack = _unpack_u32
+            while size - pos >= 4:
+                (length,) = unpack(buf, pos)
+                end = pos + 4 + length
+                if end <= size and 0 < length <= max_len:
+                    append(buf[pos + 4:end])
+                    pos = end
+                    continue
+                if length > max_len:
+                    return self._oversize(out, vlens, pos, length)
+                if end > size:
+                    break
                 self._error(ErrorKind.EMPTY, pos, "empty frame (length 0) skipped", fatal=False)
-            elif vlen > length:
-                self._error(ErrorKind.VNET_HDR_TOO_LONG, pos,
-                            f"vnet_hdr_len {vlen} exceeds frame length {length}; frame skipped",
-                            fatal=False)
-            else:
-                append(QemuFrame(bytes(buf[pos + hdr:end]), vlen))
-            pos = end
-        if pos:
-            del buf[:pos]
-            self._consumed += pos
+                pos = end
+        else:
+            unpack2 = _unpack_u32x2
+            append_vlen = vlens.append
+            while size - pos >= 8:
+                length, vlen = unpack2(buf, pos)
+                end = pos + 8 + length
+                if end <= size and 0 < length <= max_len and vlen <= length:
+                    append(buf[pos + 8:end])
+                    append_vlen(vlen)
+                    pos = end
+                    continue
+                if length > max_len:
+                    return self._oversize(out, vlens, pos, length)
+                if end > size:
+                    break
+                if length == 0:
+                    self._error(ErrorKind.EMPTY, pos, "empty frame (length 0) skipped",
+                                fatal=False)
+                else:
+                    self._error(ErrorKind.VNET_HDR_TOO_LONG, pos,
+                                f"vnet_hdr_len {vlen} exceeds frame length {length}; "
+                                "frame skipped", fatal=False)
+                pos = end
+        self._consumed += pos
+        if pos < size:
+            rest = buf[pos:]
+            tail.append(rest)
+            self._tail_len = len(rest)
+            hdr = self._hdr
+            self._need = hdr + _unpack_u32(rest)[0] if len(rest) >= hdr else hdr
         self.frames += len(out)
-        return out
+        return out, vlens
+
+    def _oversize(self, out: list[bytes], vlens: list[int] | None, pos: int,
+                  length: int) -> Payloads:
+        self._error(ErrorKind.OVERSIZE, pos,
+                    f"oversized frame: length word {length} > {self.max_len} bytes; the "
+                    "length word is the only synchronisation, so the rest of the "
+                    "stream is ignored", fatal=True)
+        self._tail.clear()
+        self._tail_len = 0
+        self.frames += len(out)
+        return out, vlens
 
     def at_eof(self) -> FramingError | None:
         """The peer closed the stream: report (and record) a truncated trailing frame."""
-        if self.fatal is not None or not self._buf:
+        if self.fatal is not None or not self._tail_len:
             return None
-        have = len(self._buf)
+        buf = b"".join(self._tail)
+        have = len(buf)
         if have < self._hdr:
             message = f"stream ended inside a frame header ({have} of {self._hdr} bytes)"
         else:
-            (length,) = _unpack_u32(self._buf, 0)
+            (length,) = _unpack_u32(buf, 0)
             message = (f"stream ended inside a frame ({have - self._hdr} of {length} "
                        "payload bytes)")
         err = self._error(ErrorKind.TRUNCATED, 0, message, fatal=False)
         self._consumed += have
-        self._buf.clear()
+        self._tail.clear()
+        self._tail_len = 0
         return err
 
     close = at_eof
