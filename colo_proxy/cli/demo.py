@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..demo.datapaths import DATAPATHS
+from ..demo.interrupts import Interrupts
 
 
 @click.command()
@@ -30,11 +31,18 @@ def demo(*, duration: float, datapath: str, prefix: str, as_json: bool, live: bo
     same HTTP service in the PVM and the SVM, the chosen datapath in the primary
     host, and an HTTP client; shows a live view, then explains every checkpoint.
     """
-    from ..demo.session import DemoOptions, run_demo
+    # Ctrl-C belongs to the demo from here to the end of the process (the session's
+    # imports take a while and a second Ctrl-C must not kill the exit either).
+    interrupts = Interrupts()
+    interrupts.install()
+    try:
+        from ..demo.session import DemoOptions, run_demo
 
-    run_demo(DemoOptions(duration=duration, datapath=datapath, prefix=prefix,
-                         as_json=as_json, live=live, token_interval=token_interval,
-                         log_dir=log_dir))
+        run_demo(DemoOptions(duration=duration, datapath=datapath, prefix=prefix,
+                             as_json=as_json, live=live, token_interval=token_interval,
+                             log_dir=log_dir), interrupts)
+    finally:
+        interrupts.finish()
 
 
 COMMANDS = [demo]

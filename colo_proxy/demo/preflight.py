@@ -54,11 +54,15 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
 
 
+def probe_namespace(prefix: str) -> str:
+    return f"{prefix}-probe"
+
+
 def check_kernel(prefix: str) -> None:
     """Probe the kernel features in ``<prefix>-probe`` (always removed again)."""
     if not os.path.exists("/proc/self/ns/net"):
         raise ColoError("demo: the kernel lacks network namespaces (CONFIG_NET_NS)")
-    probe = f"{prefix}-probe"
+    probe = probe_namespace(prefix)
     _run(["ip", "netns", "del", probe])
     made = _run(["ip", "netns", "add", probe])
     if made.returncode != 0:

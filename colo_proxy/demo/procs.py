@@ -85,18 +85,32 @@ class Child:
         return self.proc.returncode
 
 
+def netns_pids(netns: str) -> list[int]:
+    """Processes living in the named network namespace (what ``ip netns pids`` does,
+    without a child process: a terminal's Ctrl-C would reach that child too)."""
+    try:
+        target = os.stat(os.path.join("/run/netns", netns))
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            pids.append(int(entry))
+    return pids
+
+
 def kill_netns_pids(netns: str) -> int:
     """SIGKILL every process living in the named network namespace (left over by a
-    crashed run); returns how many there were."""
-    try:
-        out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True,
-                             text=True, check=False, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    pids = [int(word) for word in out.split() if word.isdigit()]
-    me = os.getpid()
+    crashed run, or a grandchild that left its process group); returns how many
+    there were."""
+    pids = [pid for pid in netns_pids(netns) if pid != os.getpid()]
     for pid in pids:
-        if pid != me:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     return len(pids)

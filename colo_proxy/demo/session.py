@@ -1,14 +1,14 @@
 """One demo run: preflight, topology, services, datapath, traffic, live view,
 summary, and cleanup that happens whatever goes wrong.
 
-Children run in process groups of their own; SIGINT/SIGTERM/SIGHUP become
-KeyboardInterrupt in the main thread, and while cleaning up those signals are
-ignored, so a second Ctrl-C cannot cut the cleanup short.
+Children run in process groups of their own.  SIGINT/SIGTERM/SIGHUP belong to
+``Interrupts`` from the start of the run to the end of the process: the first one
+becomes KeyboardInterrupt in the main thread (exit 130), later ones and any during
+the cleanup are only recorded, so no Ctrl-C can cut the cleanup short.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,27 +16,27 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 from rich.console import Console
 from rich.live import Live
 
 from ..errors import ColoError
-from ..topology import Topology, build
+from ..topology import Topology, build, netns
 from .datapaths import DATAPATHS
 from .events import parse_event
-from .preflight import preflight
+from .interrupts import Interrupts
+from .preflight import preflight, probe_namespace
 from .procs import Child, kill_netns_pids
 from .state import DemoState
 from .summary import build_summary, print_summary
 from .view import FLUSH_NOTE, progress_line, render_live
 
 SERVICE_PORT = 80
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -55,100 +55,102 @@ class DemoOptions:
     directory removed at the end."""
 
 
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP raise KeyboardInterrupt in this process only.
-
-    Libraries fork helpers (pyroute2 forks to reach into namespaces) and later stop
-    them with SIGTERM: a forked copy must die as by default instead of unwinding
-    through the demo's stack and running its cleanup."""
-    owner = os.getpid()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, handler) for s in _SIGNALS}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
-
-
 def _python_m(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
 class Demo:
-    def __init__(self, options: DemoOptions) -> None:
+    def __init__(self, options: DemoOptions, interrupts: Interrupts | None = None) -> None:
         self.o = options
+        self.sig = interrupts or Interrupts()
         self.out = Console(stderr=options.as_json)
         self.state = DemoState()
         self.children: list[Child] = []
         self.topo: Topology | None = None
-        if options.log_dir is not None:
-            self.log_dir = Path(options.log_dir)
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            self.log_dir = Path(tempfile.mkdtemp(prefix="colo-demo-"))
+        self.log_dir: Path | None = None
         self._stdout_logs: dict[str, IO[str]] = {}
         self.live = options.live if options.live is not None else self.out.is_terminal
 
     # -- lifecycle -----------------------------------------------------------
 
     def run(self) -> int:
+        """The whole run and its cleanup.  Owns the process's SIGINT/SIGTERM/SIGHUP
+        until the process exits (``Interrupts``): call it last.  Raises
+        KeyboardInterrupt (after the cleanup) if any of them arrived, whatever else
+        went wrong meanwhile."""
         owner = os.getpid()
+        self.sig.install()
         ok = False
         try:
-            with _signals_raise():
-                code = self._run()
+            code = self._run()
             ok = True
-            return code
+        except BaseException:
+            if os.getpid() == owner and self.sig.interrupted:
+                # A Ctrl-C also kills the foreground helpers (pyroute2's forks,
+                # the preflight's commands): their failure is the interrupt.
+                raise KeyboardInterrupt from None
+            raise
         finally:
+            try:
+                self.sig.hold()
+            except KeyboardInterrupt:  # arrived just before hold(): recorded all the same
+                self.sig.hold()
             if os.getpid() == owner:  # never in a forked helper
-                with _signals_ignored():
-                    if not ok:
-                        self.out.print("colo-proxy demo: cleaning up (namespaces, rules, "
-                                       "processes)...", style="yellow")
+                if not ok:
+                    self.out.print("colo-proxy demo: cleaning up (namespaces, rules, "
+                                   "processes)...", style="yellow")
+                try:
                     self.cleanup()
+                finally:
+                    self.sig.finish()
+        if self.sig.interrupted:
+            raise KeyboardInterrupt
+        return code
 
     def cleanup(self) -> None:
-        """Stop every child, kill whatever else lives in our namespaces, remove them."""
+        """Stop every child, kill whatever else lives in our namespaces, remove them.
+        Every step runs even if an earlier one failed; the first failure is raised."""
+        errors: list[BaseException] = []
+
+        def step(func: Callable[[], object]) -> None:
+            try:
+                func()
+            except Exception as exc:
+                errors.append(exc)
+
         for child in reversed(self.children):
-            child.stop()
+            step(child.stop)
         topo = self.topo or Topology(self.o.prefix)
-        for name in topo.namespaces():
-            kill_netns_pids(name)
-        topo.destroy()
+        probe = probe_namespace(self.o.prefix)
+        for name in [*topo.namespaces(), probe]:
+            step(partial(kill_netns_pids, name))
+        step(topo.destroy)
+        step(partial(netns.remove, probe))
         for f in self._stdout_logs.values():
-            f.close()
-        if self.o.log_dir is None:
+            step(f.close)
+        if self.o.log_dir is None and self.log_dir is not None:
             shutil.rmtree(self.log_dir, ignore_errors=True)
+        if errors:
+            raise ColoError(f"demo: cleanup: {errors[0]}") from errors[0]
+
+    def _make_log_dir(self) -> Path:
+        if self.o.log_dir is not None:
+            self.log_dir = Path(self.o.log_dir)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            with self.sig.deferred():
+                self.log_dir = Path(tempfile.mkdtemp(prefix="colo-demo-"))
+        return self.log_dir
 
     def _start(self, name: str, netns: str, argv: list[str],
                events: bool = False, driver: bool = False) -> Child:
         full = ["ip", "netns", "exec", netns, *argv]
-        if events:
-            child = Child(name, full, self.log_dir, on_line=self._datapath_line)
-        elif driver:
-            child = Child(name, full, self.log_dir, on_line=self._driver_line)
-        else:
-            child = Child(name, full, self.log_dir)
-        self.children.append(child)
+        on_line = self._datapath_line if events else self._driver_line if driver else None
+        log_dir = self._make_log_dir() if self.log_dir is None else self.log_dir
+        # Started and registered for the cleanup as one step.
+        with self.sig.deferred():
+            child = Child(name, full, log_dir, on_line=on_line)
+            self.children.append(child)
         return child
 
     def _keep(self, name: str, line: str) -> None:
@@ -157,7 +159,8 @@ class Demo:
             return
         f = self._stdout_logs.get(name)
         if f is None:
-            f = self._stdout_logs[name] = open(self.log_dir / f"{name}.out", "w")  # noqa: SIM115
+            path = Path(self.o.log_dir) / f"{name}.out"
+            f = self._stdout_logs[name] = open(path, "w")  # noqa: SIM115
         f.write(line + "\n")
 
     def _datapath_line(self, name: str, line: str) -> None:
@@ -174,9 +177,13 @@ class Demo:
         o = self.o
         if o.datapath not in DATAPATHS:
             raise ColoError(f"demo: unknown datapath {o.datapath!r}")
+        self._make_log_dir()
         preflight(o.prefix)
         self._remove_leftovers()
-        self.topo = topo = build(o.prefix)
+        # Not interrupted half way: pyroute2's forked helpers would finish their
+        # namespace after the cleanup removed it.  The cleanup removes it all.
+        with self.sig.deferred():
+            self.topo = topo = build(o.prefix)
         self._say(f"topology {o.prefix}: client {topo.client_ip} -> service {topo.vm_ip}:"
                   f"{SERVICE_PORT} in {topo.pvm} (primary) and {topo.svm} (secondary)")
         self._start_services(topo)
@@ -280,5 +287,6 @@ class Demo:
         datapath.stop()
 
 
-def run_demo(options: DemoOptions) -> int:
-    return Demo(options).run()
+def run_demo(options: DemoOptions, interrupts: Interrupts | None = None) -> int:
+    """Run the demo; ``interrupts``: already installed by the caller."""
+    return Demo(options, interrupts).run()
