@@ -159,6 +159,70 @@ def test_demo_second_sigint_leaves_no_debris(demo_run: DemoRun) -> None:
     assert demo_run.leftovers() == ([], [])
 
 
+def _stage_reached(proc: subprocess.Popen[str], demo_run: DemoRun, stage: str) -> None:
+    """Return once the demo is in ``stage`` (it never gets further before the test
+    reacts: see ``_stopped``)."""
+    if stage in ("preflight", "topology"):
+        # The probe namespace lives through the kernel checks, the client namespace
+        # is the first one the topology build creates (and lives to the end).
+        marks = {"preflight": ("-probe", "-client"), "topology": ("-client",)}[stage]
+        deadline = time.monotonic() + 60
+        while not any(n.endswith(marks) for n in _netns_with(demo_run.prefix)):
+            assert proc.poll() is None, f"the demo exited before {stage}"
+            assert time.monotonic() < deadline, f"the demo never reached {stage}"
+            time.sleep(0.002)
+        return
+    assert proc.stdout is not None
+    mark = {"services": "topology ", "traffic": "datapath ",
+            "summary": "colo-proxy demo: summary"}[stage]
+    for line in proc.stdout:
+        if line.startswith(mark) or (stage == "summary" and mark in line):
+            return
+    raise AssertionError(f"the demo never reached {stage}")
+
+
+@contextlib.contextmanager
+def _stopped(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """The demo is stopped (SIGSTOP) in the block: a signal sent meanwhile is
+    pending when it resumes, however late this test got the CPU."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.parametrize("stage", ["preflight", "topology", "services", "traffic",
+                                   "summary"])
+def test_demo_sigint_storm_at_any_stage(demo_run: DemoRun, stage: str) -> None:
+    """A user who keeps pressing Ctrl-C from some moment on: the first SIGINT
+    interrupts, the others (every 10 ms until the demo exits) must neither cut the
+    cleanup short nor kill the process by the default action."""
+    duration = "3" if stage == "summary" else "60"
+    proc = subprocess.Popen(demo_run.argv("--duration", duration, "--plain",
+                                          "--token-interval", "0.5"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=demo_run.env)
+    try:
+        _stage_reached(proc, demo_run, stage)
+        with _stopped(proc):
+            proc.send_signal(signal.SIGINT)
+        sent, deadline = 1, time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGINT)
+            sent += 1
+            time.sleep(0.01)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, f"{sent} SIGINTs at {stage}: {err[-2000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "colo-proxy: interrupted"
+    assert demo_run.leftovers() == ([], [])
+
+
 def test_demo_not_root_is_one_line() -> None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv")
