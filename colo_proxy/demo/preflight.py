@@ -76,9 +76,3 @@ def check_kernel(prefix: str) -> None:
                                 f"`{' '.join(argv)}`: {why[0]}")
     finally:
         _run(["ip", "netns", "del", probe])
-
-
-def preflight(prefix: str) -> None:
-    check_root()
-    check_tools()
-    check_kernel(prefix)

@@ -30,11 +30,11 @@ from ..topology import Topology, build, netns
 from .datapaths import DATAPATHS
 from .events import parse_event
 from .interrupts import Interrupts
-from .preflight import preflight, probe_namespace
+from .preflight import check_kernel, check_root, check_tools, probe_namespace
 from .procs import Child, kill_netns_pids
 from .state import DemoState
 from .summary import build_summary, print_summary
-from .view import FLUSH_NOTE, progress_line, render_live
+from .view import DATAPATH_NOTE, FLUSH_NOTE, PROGRESS_LEGEND, progress_line, render_live
 
 SERVICE_PORT = 80
 
@@ -67,6 +67,9 @@ class Demo:
         self.state = DemoState()
         self.children: list[Child] = []
         self.topo: Topology | None = None
+        self.owns_prefix = False
+        """Set once root and the tools are confirmed: the cleanup may remove
+        ``<prefix>-*``."""
         self.log_dir: Path | None = None
         self._stdout_logs: dict[str, IO[str]] = {}
         self.live = options.live if options.live is not None else self.out.is_terminal
@@ -96,15 +99,21 @@ class Demo:
             except KeyboardInterrupt:  # arrived just before hold(): recorded all the same
                 self.sig.hold()
             if os.getpid() == owner:  # never in a forked helper
-                if not ok:
+                if not ok and self.owns_prefix:
                     self.out.print("colo-proxy demo: cleaning up (namespaces, rules, "
                                    "processes)...", style="yellow")
                 try:
                     self.cleanup()
+                except ColoError as exc:
+                    if ok:
+                        raise
+                    # The run's own error (or the interrupt) is the one to report.
+                    self.out.print(f"colo-proxy demo: {exc}", style="red")
                 finally:
                     self.sig.finish()
         if self.sig.interrupted:
             raise KeyboardInterrupt
+        self._say(f"cleaned up: namespaces {self.o.prefix}-* and everything in them removed")
         return code
 
     def cleanup(self) -> None:
@@ -120,12 +129,15 @@ class Demo:
 
         for child in reversed(self.children):
             step(child.stop)
+        if not self.owns_prefix:  # failed before the first namespace: none is ours
+            self.topo = None
         topo = self.topo or Topology(self.o.prefix)
-        probe = probe_namespace(self.o.prefix)
-        for name in [*topo.namespaces(), probe]:
-            step(partial(kill_netns_pids, name))
-        step(topo.destroy)
-        step(partial(netns.remove, probe))
+        if self.owns_prefix:
+            probe = probe_namespace(self.o.prefix)
+            for name in [*topo.namespaces(), probe]:
+                step(partial(kill_netns_pids, name))
+            step(topo.destroy)
+            step(partial(netns.remove, probe))
         for f in self._stdout_logs.values():
             step(f.close)
         if self.o.log_dir is None and self.log_dir is not None:
@@ -178,7 +190,13 @@ class Demo:
         if o.datapath not in DATAPATHS:
             raise ColoError(f"demo: unknown datapath {o.datapath!r}")
         self._make_log_dir()
-        preflight(o.prefix)
+        check_root()
+        check_tools()
+        # From the kernel probe on, the prefix's namespaces are this run's (a crashed
+        # run's leftovers are removed); before, a failed run must not touch those of
+        # a demo running with the same prefix.
+        self.owns_prefix = True
+        check_kernel(o.prefix)
         self._remove_leftovers()
         # Not interrupted half way: pyroute2's forked helpers would finish their
         # namespace after the cleanup removed it.  The cleanup removes it all.
@@ -188,8 +206,14 @@ class Demo:
                   f"{SERVICE_PORT} in {topo.pvm} (primary) and {topo.svm} (secondary)")
         self._start_services(topo)
         datapath = self._start_datapath(topo)
-        self._say(f"datapath {o.datapath} running in {topo.phost}; driving traffic for "
-                  f"{o.duration:.0f} s.  {FLUSH_NOTE}")
+        self._say(f"datapath {o.datapath} running in {topo.phost}: {DATAPATH_NOTE}  "
+                  f"{FLUSH_NOTE}")
+        tokens = (f"every {o.token_interval:g} s one /session request, whose random token "
+                  "differs between the replicas: one checkpoint each, expected"
+                  if o.token_interval > 0 else "no /session requests: no checkpoint expected")
+        self._say(f"driving HTTP traffic for {o.duration:g} s ({tokens})")
+        if not self.live:
+            self._say(PROGRESS_LEGEND)
         self.state.restart_clock()
         driver = self._start("traffic", topo.client, [
             *_python_m("colo_proxy.demo.traffic"), "--server", topo.vm_ip,

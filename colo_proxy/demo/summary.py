@@ -197,12 +197,13 @@ def print_summary(console: Console, summary: dict[str, Any], snap: DemoSnapshot)
     say(f"connections: {conns['total']} opened by the client "
                   f"({conns['deterministic']} deterministic, {conns['token']} with a token), "
                   f"{conns['seen_by_proxy']} of them listed in the datapath's stats")
-    say(f"compared {human_bytes(int(summary['bytes_compared']))}, released "
-                  f"{summary['frames_released']} frames")
+    say(f"compared {human_bytes(int(summary['bytes_compared']))} of the replicas' output, "
+        f"released {summary['frames_released']} primary frames to the client")
     lat = summary["latency_ms"]
     if lat.get("count"):
-        say(f"release latency (PVM frame hold time): median {lat['p50']:.2f} ms, worst "
-            f"interval p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms over "
+        first = " (0: the secondary's copy usually came first)" if lat["p50"] < 0.005 else ""
+        say(f"release latency (PVM frame hold time): median {lat['p50']:.2f} ms{first}, "
+            f"worst interval p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms over "
             f"{int(lat['count'])} releases")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(cps["by_reason"].items())) or "none"
     say(f"checkpoint requests: {cps['requested']} ({reasons}); flushes: "

@@ -11,8 +11,15 @@ from rich.text import Text
 
 from .state import DemoSnapshot
 
+DATAPATH_NOTE = ("it holds every frame the primary sends until the secondary sent the same "
+                 "bytes, then releases it to the client; different bytes mean a checkpoint "
+                 "request.")
 FLUSH_NOTE = ("A checkpoint here is a flush: there is no VM state to copy, so the proxy "
               "releases what it holds and drops the secondary's copies.")
+PROGRESS_LEGEND = ("each second: HTTP requests answered | frames seen from the primary (P) "
+                   "and the secondary (S) | payload bytes compared | primary frames released "
+                   "| checkpoint requests | flushes | latency: how long the released primary "
+                   "frames were held (p50 is usually 0: the secondary's copy came first)")
 
 
 def human_bytes(n: float) -> str:
