@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,17 @@ class Datapath:
             time.sleep(0.05)
         raise AssertionError(f"no {count} {name!r} events; got {self.events()[-5:]}")
 
+    def stats_when(self, settled: Callable[[dict[str, Any]], bool],
+                   timeout: float = 20.0) -> dict[str, Any]:
+        """The last stats event, once one for which ``settled`` holds was written
+        (the datapath writes one every 0.2 s; under load the one after the traffic
+        comes late) or ``timeout`` seconds passed: the caller asserts on it."""
+        deadline = time.monotonic() + timeout
+        while not any(settled(stats) for stats in self.named("stats")) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.last_stats()
+
     def last_stats(self) -> dict[str, Any]:
         stats = self.named("stats")
         assert stats, "no stats event"
@@ -174,17 +185,34 @@ class Datapath:
             self.stop()
 
 
-def udp_exchange(topo: Topology, messages: list[bytes], wait: float = 1.0) -> list[bytes]:
-    """Send each message from the client to the VM address; collect every reply
-    that arrives until ``wait`` seconds after the last send."""
+def udp_exchange(topo: Topology, messages: list[bytes], wait: float = 1.0,
+                 expect: int | None = None, timeout: float = 20.0) -> list[bytes]:
+    """Send each message from the client to the VM address and collect the replies.
+
+    ``expect``: the number of replies the caller asserts; they may take up to
+    ``timeout`` seconds (a loaded machine), and once they are in, anything arriving
+    until ``wait`` quiet seconds later is collected too (a duplicate or a reply that
+    should not exist).  Without ``expect`` (the caller asserts that nothing or
+    fewer replies come): every reply until ``wait`` quiet seconds after the last
+    send or reply."""
 
     def run() -> list[bytes]:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((topo.client_ip, 0))
-        replies = []
+        replies: list[bytes] = []
         try:
             for msg in messages:
                 s.sendto(msg, (topo.vm_ip, UDP_PORT))
+            deadline = time.monotonic() + timeout
+            while expect is not None and len(replies) < expect:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return replies
+                s.settimeout(left)
+                try:
+                    replies.append(s.recv(65535))
+                except TimeoutError:
+                    return replies
             s.settimeout(wait)
             while True:
                 try:

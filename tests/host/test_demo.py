@@ -235,15 +235,33 @@ def test_demo_not_root_is_one_line() -> None:
         "netfilter rules); try: sudo make demo"]
 
 
-def test_demo_missing_tool_is_one_line(tmp_path: Path, demo_run: DemoRun) -> None:
+def _without_tc(tmp_path: Path) -> str:
     for tool in ("ip", "iptables"):  # no tc
         path = shutil.which(tool)
         assert path is not None
         (tmp_path / tool).symlink_to(path)
-    env = {**demo_run.env, "PATH": str(tmp_path)}
+    return str(tmp_path)
+
+
+def test_demo_missing_tool_is_one_line(tmp_path: Path, demo_run: DemoRun) -> None:
+    env = {**demo_run.env, "PATH": _without_tc(tmp_path)}
     proc = subprocess.run(demo_run.argv(), capture_output=True, text=True, timeout=60,
                           check=False, env=env)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing tools: tc (Debian package iproute2)" in lines[0]
     assert demo_run.leftovers() == ([], [])
+
+
+def test_demo_failing_early_leaves_a_running_demo_alone(tmp_path: Path,
+                                                        demo_run: DemoRun) -> None:
+    """A second demo with the same prefix that fails its preflight (not root, a tool
+    missing) has created nothing: its cleanup must not remove the running one's
+    namespaces."""
+    running = f"{demo_run.prefix}-client"
+    subprocess.run(["ip", "netns", "add", running], check=True)
+    env = {**demo_run.env, "PATH": _without_tc(tmp_path)}
+    proc = subprocess.run(demo_run.argv(), capture_output=True, text=True, timeout=60,
+                          check=False, env=env)
+    assert proc.returncode == 1 and "missing tools: tc" in proc.stderr
+    assert demo_run.leftovers()[0] == [running]

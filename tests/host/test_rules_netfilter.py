@@ -35,7 +35,8 @@ def test_rules_without_consumer(backend: str, guard_in_nft: bool, fail_open: boo
             assert nft.exists(topo.phost) == guard_in_nft
             # No consumer bound: the SVM's reply never leaves phost; the PVM's flows
             # only in fail-open mode (--queue-bypass).
-            replies = udp_exchange(topo, [b"one", b"two"], wait=0.5)
+            replies = udp_exchange(topo, [b"one", b"two"], wait=0.5,
+                                   expect=2 if fail_open else None)
             assert sorted(replies) == ([b"echo:one", b"echo:two"] if fail_open else [])
             if guard_in_nft:
                 counted = nft.counters(topo.phost)
@@ -49,7 +50,7 @@ def test_rules_without_consumer(backend: str, guard_in_nft: bool, fail_open: boo
         assert _ours(backend, topo.phost) == []
         assert not nft.exists(topo.phost)
         # With the rules gone both replicas answer again (the test can fail).
-        assert len(udp_exchange(topo, [b"three"], wait=0.5)) == 2
+        assert len(udp_exchange(topo, [b"three"], wait=0.5, expect=2)) == 2
 
 
 def test_restore_text_is_one_transaction_per_table() -> None:

@@ -18,9 +18,9 @@ def test_build_routes_client_to_pvm_and_mirrors_to_svm() -> None:
             assert ns_util.exists(name)
         # Without the datapath's rules both replicas answer: the PVM through
         # phost's routing, the SVM because the mirror gave it the same request.
-        replies = udp_exchange(topo, [b"ping"], wait=3.0)
+        replies = udp_exchange(topo, [b"ping"], wait=0.5, expect=2)
         assert sorted(replies) == [b"echo:ping", b"echo:ping"]
-        replies = udp_exchange(topo, [b"diverge"], wait=3.0)
+        replies = udp_exchange(topo, [b"diverge"], wait=0.5, expect=2)
         assert sorted(replies) == [b"answer from pvm", b"answer from svm"]
     for name in topo.namespaces():
         assert not ns_util.exists(name)
