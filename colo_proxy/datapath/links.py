@@ -32,21 +32,36 @@ def _ignore(payloads: list[bytes], vlens: list[int] | None) -> None:
     return None
 
 
-class _Conn(asyncio.Protocol):
+READ_SIZE = 256 * 1024
+"""Bytes one read may return (recv_into a buffer reused for every read)."""
+
+
+class _Conn(asyncio.BufferedProtocol):
+    """One connection: every read lands in the same preallocated buffer.
+
+    (A plain Protocol gets a fresh bytes object per read from a 256 KiB recv(), which
+    glibc serves with mmap/mremap/munmap and fresh page faults on every read.)
+    """
+
     def __init__(self, link: Link) -> None:
         self.link = link
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(link.vnet_hdr, on_error=self._framing_error)
         self.split = self.decoder.split
         self.sink = link.sink
+        self.buffer = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.link._attach(self)
 
-    def data_received(self, data: bytes) -> None:
-        payloads, vlens = self.split(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # One copy of the read into bytes, so that every payload is a bytes slice.
+        payloads, vlens = self.split(self.buffer[:nbytes].tobytes())
         if payloads:
             self.sink(payloads, vlens)
 
