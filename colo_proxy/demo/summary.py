@@ -15,13 +15,17 @@ from .state import DemoSnapshot, key_ports
 from .view import FLUSH_NOTE, human_bytes
 
 
-def _client_port(cp: CheckpointRequested) -> int | None:
-    ports = key_ports(cp.key)
+def _client_port(key: str | None) -> int | None:
+    ports = key_ports(key)
     if ports is None:
         return None
     sport, dport = ports
     # The proxy compares what the VMs send: server port -> client port.
     return dport if sport in (80,) else sport
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _conn_of_port(snap: DemoSnapshot) -> dict[int, int]:
@@ -90,7 +94,7 @@ def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[st
     conns_with_cp: set[int] = set()
     cp_of_conn: dict[int, int] = {}
     for i, cp in enumerate(snap.checkpoints):
-        port = _client_port(cp)
+        port = _client_port(cp.key)
         conn = port_conn.get(port) if port is not None else None
         entry: dict[str, Any] = {
             "t": cp.t, "reason": cp.reason, "key": cp.key, "detail": cp.detail,
@@ -126,6 +130,9 @@ def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[st
     deterministic = sorted(c for c, reqs in by_conn.items()
                            if all(r["kind"] != "token" for r in reqs))
     counters = snap.stats.counters if snap.stats else {}
+    # Flows that are not the client's connections: the VMs' own traffic (IGMP
+    # reports when their interfaces come up, ...), compared like everything else.
+    other_flows = sorted(k for k in snap.conns if _client_port(k) not in port_conn)
     return {
         "datapath": datapath,
         "duration_s": round(snap.elapsed, 2),
@@ -141,6 +148,8 @@ def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[st
             "token": len(by_conn) - len(deterministic),
             "deterministic_with_checkpoint": [c for c in deterministic if c in conns_with_cp],
             "seen_by_proxy": len(snap.conns),
+            "client_seen_by_proxy": len(snap.conns) - len(other_flows),
+            "other_flows": other_flows,
             "matched_by_proxy": sum(1 for c in snap.conns.values() if c.frames_matched),
         },
         "token_requests": token_requests,
@@ -194,9 +203,12 @@ def print_summary(console: Console, summary: dict[str, Any], snap: DemoSnapshot)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(req["by_kind"].items()))
     say(f"HTTP requests: {req['total']} sent, {req['complete']} complete responses, "
                   f"{req['failed']} failed  ({kinds})")
+    others = conns["other_flows"]
+    also = (f"; the datapath also saw {_plural(len(others), 'flow')} of the VMs' own "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else "")
     say(f"connections: {conns['total']} opened by the client "
-                  f"({conns['deterministic']} deterministic, {conns['token']} with a token), "
-                  f"{conns['seen_by_proxy']} of them listed in the datapath's stats")
+        f"({conns['deterministic']} deterministic, {conns['token']} with a token), "
+        f"{conns['client_seen_by_proxy']} of them listed in the datapath's stats{also}")
     say(f"compared {human_bytes(int(summary['bytes_compared']))} of the replicas' output, "
         f"released {summary['frames_released']} primary frames to the client")
     lat = summary["latency_ms"]
@@ -207,8 +219,9 @@ def print_summary(console: Console, summary: dict[str, Any], snap: DemoSnapshot)
             f"{int(lat['count'])} releases")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(cps["by_reason"].items())) or "none"
     say(f"checkpoint requests: {cps['requested']} ({reasons}); flushes: "
-                  f"{cps['flushes']} (released {cps['released_by_flushes']} held primary "
-                  f"frames, dropped {cps['dropped_by_flushes']} secondary frames)")
+        f"{cps['flushes']} (released "
+        f"{_plural(cps['released_by_flushes'], 'held primary frame')}, dropped "
+        f"{_plural(cps['dropped_by_flushes'], 'secondary frame')})")
     bad = conns["deterministic_with_checkpoint"]
     if bad:
         say(Text(f"deterministic connections that needed a checkpoint: {bad}",
