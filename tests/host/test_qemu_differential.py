@@ -11,6 +11,7 @@ behaviour is asserted.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,6 +75,34 @@ def _names(frames: dict[str, bytes]) -> dict[bytes, str]:
     return {data: name for name, data in frames.items() if name.startswith("P")}
 
 
+def _queues(local: int, remote: int) -> tuple[int, int] | None:
+    """(tx_queue, rx_queue) of the loopback TCP socket 127.0.0.1:local ->
+    127.0.0.1:remote, from /proc/net/tcp."""
+    want = (f"0100007F:{local:04X}", f"0100007F:{remote:04X}")
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                tx, rx = fields[4].split(":")
+                return int(tx, 16), int(rx, 16)
+    return None
+
+
+def _read_by_qemu(sock: socket.socket, timeout: float = 20.0) -> None:
+    """Return once QEMU has read every byte sent on ``sock`` (nothing unacked on our
+    side, nothing unread on its side).  colo-compare handles a frame in the read
+    callback, so its outputs for it are written by then: the scenario's steps
+    reach it in step order and a phase is complete, however loaded the machine."""
+    ours, qemus = sock.getsockname()[1], sock.getpeername()[1]
+    deadline = time.monotonic() + timeout
+    while True:
+        mine, theirs = _queues(ours, qemus), _queues(qemus, ours)
+        if mine is not None and theirs is not None and mine[0] == 0 and theirs[1] == 0:
+            return
+        assert time.monotonic() < deadline, f"QEMU did not read its socket: {mine} {theirs}"
+        time.sleep(0.005)
+
+
 def run_qemu(sc: Scenario) -> list[Phase]:
     names = _names(sc.frames)
     phases: list[Phase] = []
@@ -82,8 +111,10 @@ def run_qemu(sc: Scenario) -> list[Phase]:
         out, ntf = OutdevReader(cc.outdev), OutdevReader(cc.notify)
 
         def close_phase() -> None:
-            # Output arrives within ~1 ms; wait for a quiet period on outdev, then
-            # collect whatever notify_dev got meanwhile.
+            # QEMU has handled every frame sent; wait for a quiet period on outdev,
+            # then collect whatever notify_dev got meanwhile.
+            for sock in (cc.primary, cc.secondary):
+                _read_by_qemu(sock)
             out.settle(QUIET)
             ntf.settle(0.01)
             released = [names.get(f.payload, "?") for f in out.take()]
@@ -101,6 +132,7 @@ def run_qemu(sc: Scenario) -> list[Phase]:
             else:
                 side = step[0]
                 if last_side and side != last_side:
+                    _read_by_qemu(cc.primary if last_side == "P" else cc.secondary)
                     time.sleep(GAP)
                 last_side = side
                 sock = cc.primary if side == "P" else cc.secondary

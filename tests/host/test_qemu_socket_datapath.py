@@ -217,7 +217,11 @@ def test_sigterm_with_held_frames(rig_factory: RigFactory, policy: str) -> None:
     held = [tcp_frame(1, b"held one"), tcp_frame(9, b"held two")]
     for f in held:
         rig.feeder.send("p", f)
-    rig.dp.wait_log("primary_in: connected")
+    # A matching pair behind them on the same streams: once it is out, the
+    # datapath has read the held frames (SIGTERM does not read what is pending).
+    sentinel = udp_frame(b"behind the held ones", sport=6000)
+    rig.ping_pong(sentinel, sentinel)
+    assert rig.feeder.recv("o", 10.0) == sentinel
     assert rig.feeder.recv("o", 0.3) is None
     assert rig.dp.terminate() == 0
     if policy == "flush":
