@@ -37,6 +37,7 @@ from ..compare.model import CheckpointRequest, Decision, Release, Side
 from ..qemu import notify as msg
 from ..qemu.framing import QemuFrame, encode, header_packer
 from .endpoints import Endpoint
+from .heap import tune_heap
 from .links import Link
 
 log = logging.getLogger("colo_proxy.qemu_socket")
@@ -310,6 +311,8 @@ class QemuSocketDatapath:
     async def run(self) -> None:
         """Start the links, serve until ``stop()`` (or SIGTERM/SIGINT), then shut down."""
         loop = asyncio.get_running_loop()
+        if not tune_heap():
+            log.debug("heap tuning (mallopt) not available")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         self.outdev.on_connect = self._on_outdev_connect
