@@ -9,11 +9,12 @@ with modules every feature used here loads on demand.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 
-from ..errors import ColoError
+from ..errors import ColoError, InputError
 
 TOOLS = {
     "ip": "iproute2",
@@ -35,6 +36,17 @@ PROBES: list[tuple[str, str, list[str]]] = [
      ["iptables", "-w", "-t", "mangle", "-A", "PREROUTING", "-i", "cp0",
       "-j", "NFQUEUE", "--queue-num", "7"]),
 ]
+
+
+_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+"""The topology's rule for a prefix (``topology.build`` checks it too, but only
+after the kernel probe has used the prefix for its namespace)."""
+
+
+def check_prefix(prefix: str) -> None:
+    if not _PREFIX_RE.match(prefix):
+        raise InputError(f"demo: --prefix {prefix!r}: use 1-40 of a-z, 0-9, '-' "
+                         "(not starting with '-')")
 
 
 def check_root() -> None:

@@ -30,7 +30,7 @@ from ..topology import Topology, build, netns
 from .datapaths import DATAPATHS
 from .events import parse_event
 from .interrupts import Interrupts
-from .preflight import check_kernel, check_root, check_tools, probe_namespace
+from .preflight import check_kernel, check_prefix, check_root, check_tools, probe_namespace
 from .procs import Child, kill_netns_pids
 from .state import DemoState
 from .summary import build_summary, print_summary
@@ -190,6 +190,7 @@ class Demo:
         if o.datapath not in DATAPATHS:
             raise ColoError(f"demo: unknown datapath {o.datapath!r}")
         self._make_log_dir()
+        check_prefix(o.prefix)
         check_root()
         check_tools()
         # From the kernel probe on, the prefix's namespaces are this run's (a crashed

@@ -235,6 +235,18 @@ def test_demo_not_root_is_one_line() -> None:
         "netfilter rules); try: sudo make demo"]
 
 
+@pytest.mark.parametrize("prefix", ["Bad_Name", "-lead", "../etc", "x" * 41])
+def test_demo_bad_prefix_is_one_line_before_anything(prefix: str) -> None:
+    proc = subprocess.run([*CLI, "demo", "--prefix", prefix], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"colo-proxy: error: demo: --prefix {prefix!r}: use 1-40 of a-z, 0-9, '-' "
+        "(not starting with '-')"]
+    # Checked first: no kernel probe ran with it, nothing to clean up.
+    assert proc.stdout == ""
+
+
 def _without_tc(tmp_path: Path) -> str:
     for tool in ("ip", "iptables"):  # no tc
         path = shutil.which(tool)
