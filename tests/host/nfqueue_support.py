@@ -23,14 +23,22 @@ UDP_PORT = 7000
 TCP_PORT = 8080
 
 # Deterministic services for the "VMs": the reply depends on the request only,
-# except for requests starting with "diverge", which name the replica.
+# except for requests starting with "diverge", which name the replica.  Both
+# sockets are bound (and listening) before "up" is printed: a request sent right
+# after "up" must find them (it used to race the UDP thread's bind, and a lost
+# reply looked like a slow one).
 SERVER = r"""
 import socket, sys, threading
 variant = sys.argv[1].encode()
 UDP_PORT, TCP_PORT = int(sys.argv[2]), int(sys.argv[3])
+udp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp_sock.bind(("0.0.0.0", UDP_PORT))
+tcp_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp_sock.bind(("0.0.0.0", TCP_PORT))
+tcp_sock.listen(16)
 def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", UDP_PORT))
+    s = udp_sock
     while True:
         data, peer = s.recvfrom(65535)
         reply = b"echo:" + data
@@ -53,12 +61,8 @@ def tcp_conn(c):
                     n = int(line or b"0")
                     c.sendall(bytes((i * 7) & 0xFF for i in range(n)))
 def tcp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", TCP_PORT))
-    s.listen(16)
     while True:
-        c, _ = s.accept()
+        c, _ = tcp_sock.accept()
         threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
 threading.Thread(target=udp, daemon=True).start()
 print("up", flush=True)
