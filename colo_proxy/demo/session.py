@@ -119,7 +119,7 @@ class Demo:
     def cleanup(self) -> None:
         """Stop every child, kill whatever else lives in our namespaces, remove them.
         Every step runs even if an earlier one failed; the first failure is raised."""
-        errors: list[BaseException] = []
+        errors: list[Exception] = []
 
         def step(func: Callable[[], object]) -> None:
             try:
@@ -129,10 +129,8 @@ class Demo:
 
         for child in reversed(self.children):
             step(child.stop)
-        if not self.owns_prefix:  # failed before the first namespace: none is ours
-            self.topo = None
-        topo = self.topo or Topology(self.o.prefix)
-        if self.owns_prefix:
+        if self.owns_prefix:  # else it failed before the first namespace: none is ours
+            topo = self.topo or Topology(self.o.prefix)
             probe = probe_namespace(self.o.prefix)
             for name in [*topo.namespaces(), probe]:
                 step(partial(kill_netns_pids, name))
