@@ -13,7 +13,9 @@ the medians and the ratio of the minima (on a shared machine other jobs can only
 add CPU time, through cache and SMT contention, so the minimum is the least
 disturbed run of each).  With ``--baseline REV`` the
 datapath as of git revision REV (``colo_proxy`` extracted with ``git archive``,
-engine included) runs too, interleaved, and a second table compares the two.
+engine included) runs too, interleaved, and a further table compares the two.
+The engine alone (``run_engine``: this process, same frames) runs in every
+repetition too, to split the datapath's CPU into engine and the rest.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from _common import (
     machine_line,
     print_table,
     ratio,
+    run_engine,
     run_qemu,
     run_socket_datapath,
     workloads,
@@ -125,9 +128,11 @@ def main() -> None:
     ours = {wl.name: Series() for wl in wls}
     qemu = {wl.name: Series() for wl in wls}
     base = {wl.name: Series() for wl in wls}
+    engine = {wl.name: Series() for wl in wls}
     with tempfile.TemporaryDirectory(prefix="colo-bench-") as tmp:
         runs: list[tuple[str, Runner, dict[str, Series]]] = [
-            ("colo-proxy", run_socket_datapath, ours), ("qemu", run_qemu, qemu)]
+            ("colo-proxy", run_socket_datapath, ours), ("qemu", run_qemu, qemu),
+            ("engine", lambda wl, _: run_engine(wl), engine)]
         if args.baseline:
             runs.append(("baseline", datapath_at(extract_baseline(args.baseline, Path(tmp))),
                          base))
@@ -160,6 +165,19 @@ def main() -> None:
         ["workload", "colo-proxy pairs/s", "QEMU pairs/s", "colo-proxy CPU us/pair",
          "QEMU CPU us/pair", "CPU ratio colo-proxy/QEMU", "ratio of the minima",
          "frames lost"],
+        rows)
+    rows = []
+    for wl in wls:
+        (o_cpu, o_span), (e_cpu, e_span) = _cpu(ours[wl.name]), _cpu(engine[wl.name])
+        q_cpu, _ = _cpu(qemu[wl.name])
+        rows.append([wl.name, f"{o_cpu:.2f} ({o_span})", f"{e_cpu:.2f} ({e_span})",
+                     f"{o_cpu - e_cpu:.2f}", ratio(e_cpu, q_cpu),
+                     ratio(o_cpu - e_cpu, q_cpu)])
+    print_table(
+        "Where the datapath's CPU goes: the engine alone (in this process, same frames, "
+        "batches of 32) vs the whole datapath process, same runs, median (min-max)",
+        ["workload", "datapath CPU us/pair", "engine alone CPU us/pair",
+         "rest (I/O, framing, event loop)", "engine alone / QEMU", "rest / QEMU"],
         rows)
     if args.baseline:
         rows = []
