@@ -14,8 +14,10 @@ add CPU time, through cache and SMT contention, so the minimum is the least
 disturbed run of each).  With ``--baseline REV`` the
 datapath as of git revision REV (``colo_proxy`` extracted with ``git archive``,
 engine included) runs too, interleaved, and a further table compares the two.
-The engine alone (``run_engine``: this process, same frames) runs in every
-repetition too, to split the datapath's CPU into engine and the rest.
+The engine alone (``run_engine``: this process, same frames) and the framing
+alone (``FrameDecoder.split`` over the same streams) run in every repetition too,
+to split the datapath's CPU; the datapath processes' system time and minor page
+faults are reported as well.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,13 +49,46 @@ from _common import (
     ratio,
     run_engine,
     run_qemu,
-    run_socket_datapath,
     workloads,
 )
 
+from colo_proxy.qemu.framing import FrameDecoder
 from colo_proxy.qemu.process import free_tcp_port
 
 Runner = Callable[[Workload, tuple[list[bytes], list[bytes]]], Result]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class DatapathResult(Result):
+    sys: float = 0.0
+    """System (kernel) CPU seconds of the datapath process over the run."""
+    minflt: int = 0
+    """Minor page faults of the datapath process over the run."""
+
+    @property
+    def sys_us(self) -> float:
+        return self.sys / self.released * 1e6 if self.released else float("nan")
+
+
+def _stime_minflt(pid: int) -> tuple[float, int]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[12]) / CLK_TCK, int(fields[7])
+
+
+def run_split(wl: Workload, batches: tuple[list[bytes], list[bytes]], per_read: int = 8) -> Result:
+    """FrameDecoder.split alone, in this process, over the same framed streams cut into
+    reads of ``per_read`` driver batches (256 pairs, what the datapath reads at a time)."""
+    p_reads = [b"".join(batches[0][i:i + per_read]) for i in range(0, len(batches[0]), per_read)]
+    s_reads = [b"".join(batches[1][i:i + per_read]) for i in range(0, len(batches[1]), per_read)]
+    primary, secondary = FrameDecoder(False), FrameDecoder(False)
+    frames = 0
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for p, s in zip(p_reads, s_reads, strict=True):
+        frames += len(primary.split(p)[0]) + len(secondary.split(s)[0])
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return Result(len(wl.pairs), frames // 2, wall, cpu)
 
 
 def extract_baseline(rev: str, into: Path) -> Path:
@@ -86,7 +122,11 @@ def datapath_at(tree: Path) -> Runner:
                 for port in (ports[2], ports[0], ports[1]):
                     socks.append(_connect(port, deadline))
                 out, pin, sin = socks
-                return _drive(proc.pid, (pin, sin, out), wl, batches)
+                sys0, flt0 = _stime_minflt(proc.pid)
+                res = _drive(proc.pid, (pin, sin, out), wl, batches)
+                sys1, flt1 = _stime_minflt(proc.pid)
+                return DatapathResult(res.pairs, res.released, res.wall, res.cpu,
+                                      sys1 - sys0, flt1 - flt0)
             finally:
                 for sock in socks:
                     sock.close()
@@ -129,10 +169,11 @@ def main() -> None:
     qemu = {wl.name: Series() for wl in wls}
     base = {wl.name: Series() for wl in wls}
     engine = {wl.name: Series() for wl in wls}
+    split = {wl.name: Series() for wl in wls}
     with tempfile.TemporaryDirectory(prefix="colo-bench-") as tmp:
         runs: list[tuple[str, Runner, dict[str, Series]]] = [
-            ("colo-proxy", run_socket_datapath, ours), ("qemu", run_qemu, qemu),
-            ("engine", lambda wl, _: run_engine(wl), engine)]
+            ("colo-proxy", datapath_at(ROOT), ours), ("qemu", run_qemu, qemu),
+            ("engine", lambda wl, _: run_engine(wl), engine), ("framing", run_split, split)]
         if args.baseline:
             runs.append(("baseline", datapath_at(extract_baseline(args.baseline, Path(tmp))),
                          base))
@@ -169,15 +210,31 @@ def main() -> None:
     rows = []
     for wl in wls:
         (o_cpu, o_span), (e_cpu, e_span) = _cpu(ours[wl.name]), _cpu(engine[wl.name])
-        q_cpu, _ = _cpu(qemu[wl.name])
+        (f_cpu, f_span), (q_cpu, _) = _cpu(split[wl.name]), _cpu(qemu[wl.name])
         rows.append([wl.name, f"{o_cpu:.2f} ({o_span})", f"{e_cpu:.2f} ({e_span})",
-                     f"{o_cpu - e_cpu:.2f}", ratio(e_cpu, q_cpu),
+                     f"{o_cpu - e_cpu:.2f}", f"{f_cpu:.2f} ({f_span})", ratio(e_cpu, q_cpu),
                      ratio(o_cpu - e_cpu, q_cpu)])
     print_table(
-        "Where the datapath's CPU goes: the engine alone (in this process, same frames, "
-        "batches of 32) vs the whole datapath process, same runs, median (min-max)",
+        "Where the datapath's CPU goes: the engine alone and the framing alone (in this "
+        "process, same frames) vs the whole datapath process, same runs, median (min-max)",
         ["workload", "datapath CPU us/pair", "engine alone CPU us/pair",
-         "rest (I/O, framing, event loop)", "engine alone / QEMU", "rest / QEMU"],
+         "rest (I/O, framing, event loop)", "of which framing alone", "engine alone / QEMU",
+         "rest / QEMU"],
+        rows)
+    runs_of = [("colo-proxy", ours)] + ([("baseline", base)] if args.baseline else [])
+    rows = []
+    for wl in wls:
+        row = [wl.name]
+        for _, series in runs_of:
+            results = [r for r in series[wl.name].results if isinstance(r, DatapathResult)]
+            row += [f"{series[wl.name].median(lambda r: r.sys_us):.2f}",  # type: ignore[attr-defined]
+                    f"{min(r.minflt for r in results)}-{max(r.minflt for r in results)}"]
+        rows.append(row)
+    print_table(
+        "Kernel time and minor page faults of the datapath process, same runs: median "
+        "system CPU per pair, min-max faults per run",
+        ["workload"] + [h for name, _ in runs_of
+                        for h in (f"{name} system CPU us/pair", f"{name} page faults/run")],
         rows)
     if args.baseline:
         rows = []
