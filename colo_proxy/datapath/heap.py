@@ -5,9 +5,9 @@ large object per read (the received bytes) and per write (the joined output).
 With glibc's defaults, blocks above the mmap threshold (128 KiB, raised only
 dynamically) come from mmap and go back with munmap, and the top of the heap is
 given back to the kernel whenever 128 KiB of it are free; either way the same
-memory is faulted in again a moment later.  With 1400-byte frames that cost
-30,000-60,000 page faults per 50,000 frame pairs (bench/qemu_socket.py, measured
-with /proc/PID/stat minflt; a few hundred after ``tune_heap``).
+memory is faulted in again a moment later.  With 1400-byte frames that cost up
+to tens of thousands of page faults per 50,000 frame pairs, a few hundred after
+``tune_heap`` (bench/qemu_socket.py prints the datapath's faults per run).
 
 ``tune_heap`` fixes both thresholds: blocks below ``mmap_threshold`` always come
 from the heap, and the heap keeps up to ``trim_threshold`` free bytes at its top
