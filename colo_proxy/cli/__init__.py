@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -21,6 +22,8 @@ class _Group(click.Group):
             click.echo(f"colo-proxy: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
+            # A second Ctrl-C while exiting must not turn into a traceback or death by signal.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             click.echo("colo-proxy: interrupted", err=True)
             sys.exit(130)
 

@@ -85,6 +85,9 @@ class ColoCompareRunner:
                 if in_use and attempt + 1 < attempts:
                     continue
                 raise
+            except BaseException:
+                self.qemu.stop()
+                raise
             break
         try:
             self.outdev = self._connect(ports["out"])

@@ -93,6 +93,7 @@ class QemuProcess:
 
     def start(self) -> QemuProcess:
         from qemu.qmp.legacy import QEMUMonitorProtocol
+        from qemu.qmp.protocol import ConnectError
 
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL,
@@ -106,7 +107,8 @@ class QemuProcess:
                 qmp = QEMUMonitorProtocol(self.qmp_path)
                 try:
                     qmp.connect()
-                except OSError:
+                except (OSError, ConnectError):
+                    # The socket file exists a moment before QEMU listens on it.
                     qmp.close()
                 else:
                     self.qmp = qmp
