@@ -245,12 +245,7 @@ def run_socket_datapath(wl: Workload, batches: tuple[list[bytes], list[bytes]]) 
         finally:
             for sock in socks:
                 sock.close()
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 @dataclass
@@ -296,3 +291,13 @@ def machine_line() -> str:
                           text=True, check=False).stdout.splitlines()
     return (f"{os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}, "
             f"{qemu[0] if qemu else 'QEMU not found'}")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; always reaped."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -49,6 +49,7 @@ from _common import (
     ratio,
     run_engine,
     run_qemu,
+    stop_process,
     workloads,
 )
 
@@ -130,12 +131,7 @@ def datapath_at(tree: Path) -> Runner:
             finally:
                 for sock in socks:
                     sock.close()
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process(proc)
 
     return run
 
