@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from nfqueue_support import stop_process
 from pyroute2 import NetNS, netns
 
 from colo_proxy.cli import main
@@ -115,16 +116,6 @@ def _make_pair(prefix: str, name: str, created: list[str]) -> Pair:
     return Pair(name, vm, client)
 
 
-def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[tuple[Pair, Pair]]:
     for tool in ("tcpdump", "curl"):
@@ -145,7 +136,7 @@ def lab() -> Iterator[tuple[Pair, Pair]]:
         yield pairs
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_process(proc)
         for ns in created:
             netns.remove(ns)
 
@@ -185,7 +176,7 @@ def _record(pairs: tuple[Pair, Pair], tmp: Path, service_port: int,
         time.sleep(0.5)
     finally:
         for dump in dumps:
-            _stop(dump, signal.SIGINT)
+            stop_process(dump, signal.SIGINT)
     return Recording(paths[0], paths[1], bodies, ports)
 
 
