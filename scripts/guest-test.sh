@@ -112,15 +112,33 @@ run_series() {
     local args=("$k/root/boot/vmlinuz-$kver" "$initrd" "$out" "$timeout_s"
                 "colo.stage2=$here/guest/stage2.sh" "colo.modroot=$(realpath "$k/root/lib/modules")"
                 "colo.out=$(realpath "$out")" "colo.rw=$repo")
-    if [ "${GUEST_INTERACTIVE:-0}" = 1 ]; then
-        "$here/guest/run-qemu.sh" "${args[@]}"
-    else
-        # In the background so that a signal to this script reaches the trap below at once.
-        LOG_PREFIX="$p" "$here/guest/run-qemu.sh" "${args[@]}" &
-        runner=$!
-        wait "$runner"
-    fi
-    local qrc=$? total=$((SECONDS - t0)) reasons=() rc=
+    local attempt qrc
+    for attempt in 1 2; do
+        if [ "${GUEST_INTERACTIVE:-0}" = 1 ]; then
+            "$here/guest/run-qemu.sh" "${args[@]}"
+        else
+            # In the background so that a signal to this script reaches the trap below at once.
+            LOG_PREFIX="$p" "$here/guest/run-qemu.sh" "${args[@]}" &
+            runner=$!
+            wait "$runner"
+        fi
+        qrc=$?
+        # A guest that died before stage 2 never loaded our module: that is the emulator or the
+        # stock kernel booting under TCG (seen: an int3 text-patching Oops in early boot with
+        # thread=multi).  Boot once more, keeping the first console.  A crash at or after stage 2
+        # is never retried.
+        if [ "$attempt" = 1 ] && [ "$qrc" -ne 130 ] && [ "$qrc" -ne 124 ] &&
+           [ ! -f "$out/stage2" ] && [ ! -f "$out/rc" ]; then
+            mv "$out/console.log" "$out/console-boot1.log" 2>/dev/null
+            echo "${p}guest died during boot, before the module was loaded" \
+                 "($(grep -m1 -E 'Oops|panic|BUG' "$out/console-boot1.log" 2>/dev/null ||
+                     echo "no kernel message")); booting once more" \
+                 "(first console: $out/console-boot1.log)"
+            continue
+        fi
+        break
+    done
+    local total=$((SECONDS - t0)) reasons=() rc=
     runner=
     [ "$qrc" -eq 130 ] && exit 130
     [ "$qrc" -eq 124 ] && reasons+=("guest timed out after ${timeout_s}s")

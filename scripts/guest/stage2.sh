@@ -18,6 +18,8 @@ finish() {
 
 ready=$(cut -d' ' -f1 /proc/uptime)
 echo "guest: $(uname -r) up in ${ready}s (guest clock)"
+# Marker for the host: the kernel booted and the host tree is up; the module is loaded after this.
+: >"$out/stage2"
 hostname colo-guest
 ip link set lo up
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
