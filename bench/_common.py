@@ -22,15 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # qemu_harness
+
+from qemu_harness.colo_compare import ColoCompareRunner, ColoCompareSpec
+from qemu_harness.driver import pipelined
+from qemu_harness.process import free_tcp_port, process_cpu_seconds
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from colo_proxy.compare.engine import Engine
 from colo_proxy.compare.model import Config, Release, Side
-from colo_proxy.qemu.colo_compare import ColoCompareRunner, ColoCompareSpec
-from colo_proxy.qemu.driver import pipelined
 from colo_proxy.qemu.framing import encode
-from colo_proxy.qemu.process import free_tcp_port, process_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 MAC_P, MAC_C = "52:54:00:00:00:01", "52:54:00:00:00:02"

@@ -4,7 +4,7 @@
 Usage: .venv/bin/python bench/qemu_socket.py [--quick] [--reps N] [--pairs N] [--baseline REV]
 
 Both targets are fresh processes listening on loopback TCP; the same driver
-(colo_proxy.qemu.driver.pipelined: batches of 32 pairs, at most 256 pairs in
+(qemu_harness.driver.pipelined: batches of 32 pairs, at most 256 pairs in
 flight) connects to primary_in, secondary_in and outdev, sends the same framed
 streams and reads the released frames back.  CPU per pair is the target
 process's utime+stime delta (/proc/PID/stat) over the run; repetitions are
@@ -52,9 +52,9 @@ from _common import (
     stop_process,
     workloads,
 )
+from qemu_harness.process import free_tcp_port
 
 from colo_proxy.qemu.framing import FrameDecoder
-from colo_proxy.qemu.process import free_tcp_port
 
 Runner = Callable[[Workload, tuple[list[bytes], list[bytes]]], Result]
 CLK_TCK = os.sysconf("SC_CLK_TCK")

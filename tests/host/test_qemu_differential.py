@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from qemu_harness.colo_compare import ColoCompareRunner, ColoCompareSpec
+from qemu_harness.driver import OutdevReader
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
@@ -24,8 +26,6 @@ from scapy.layers.l2 import Dot1Q, Ether
 from colo_proxy.compare.engine import Engine
 from colo_proxy.compare.model import CheckpointRequest, Config, Reason, Release, Side
 from colo_proxy.qemu import notify as msg
-from colo_proxy.qemu.colo_compare import ColoCompareRunner, ColoCompareSpec
-from colo_proxy.qemu.driver import OutdevReader
 from colo_proxy.qemu.framing import encode
 
 pytestmark = pytest.mark.qemu

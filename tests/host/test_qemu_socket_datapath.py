@@ -30,6 +30,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from qemu_harness.driver import OutdevReader
+from qemu_harness.process import free_tcp_port
+from qemu_harness.redirector import RedirectIn, RedirectorFeeder, RedirectOut
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
@@ -37,10 +40,7 @@ from colo_proxy.cli import main
 from colo_proxy.datapath.endpoints import Endpoint, parse_endpoint
 from colo_proxy.errors import InputError
 from colo_proxy.qemu import notify as msg
-from colo_proxy.qemu.driver import OutdevReader
 from colo_proxy.qemu.framing import encode
-from colo_proxy.qemu.process import free_tcp_port
-from colo_proxy.qemu.redirector import RedirectIn, RedirectorFeeder, RedirectOut
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,12 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from qemu_harness.driver import OutdevReader
+from qemu_harness.process import free_tcp_port
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from colo_proxy.qemu.driver import OutdevReader
 from colo_proxy.qemu.framing import encode
-from colo_proxy.qemu.process import free_tcp_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = (1, 18, 64, 700, 1400, 9000)

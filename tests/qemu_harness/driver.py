@@ -17,8 +17,8 @@ import selectors
 import socket
 import time
 
-from ..errors import ColoError
-from .framing import FrameDecoder, QemuFrame
+from colo_proxy.errors import ColoError
+from colo_proxy.qemu.framing import FrameDecoder, QemuFrame
 
 
 class OutdevReader:

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..errors import ColoError
+from colo_proxy.errors import ColoError
 
 QEMU_BINARY = "qemu-system-x86_64"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..errors import ColoError
-from .process import QEMU_BINARY, QemuProcess, free_tcp_port
+from colo_proxy.errors import ColoError
+from qemu_harness.process import QEMU_BINARY, QemuProcess, free_tcp_port
 
 HOST = "127.0.0.1"
 
