@@ -3,7 +3,7 @@
 #   scripts/guest-test.sh BUILD SERIES... [-- PYTEST_ARGS...]
 #   e.g.  scripts/guest-test.sh build 6.1 -- -k stress -x
 # Needs (from scripts/kernels.sh and scripts/kmod-build.sh):
-#   BUILD/kernels/SERIES/{KVER,root/}   BUILD/kmod/SERIES/nfnetlink_colo.ko
+#   BUILD/kernels/SERIES/{KVER,root/}   BUILD/kmod/SERIES/nf_colo.ko
 # Writes BUILD/guest/SERIES/{console.log,pytest.log,junit.xml,dmesg.txt,rc,times}.
 # Environment:
 #   PYTEST_ARGS      extra pytest arguments (word-split), added before those after --
@@ -57,8 +57,8 @@ check_inputs() {
     kver=$(<"$k/KVER")
     [ -f "$k/root/boot/vmlinuz-$kver" ] || { echo "kernel image missing: $k/root/boot/vmlinuz-$kver"; return; }
     [ -f "$k/root/lib/modules/$kver/modules.dep" ] || { echo "modules.dep missing in $k/root/lib/modules/$kver (depmod -b)"; return; }
-    if [ -z "${GUEST_CMD:-}" ] && [ ! -f "$build/kmod/$s/nfnetlink_colo.ko" ]; then
-        echo "module missing: $build/kmod/$s/nfnetlink_colo.ko (run scripts/kmod-build.sh $build $s)"
+    if [ -z "${GUEST_CMD:-}" ] && [ ! -f "$build/kmod/$s/nf_colo.ko" ]; then
+        echo "module missing: $build/kmod/$s/nf_colo.ko (run scripts/kmod-build.sh $build $s)"
     fi
 }
 
@@ -97,7 +97,7 @@ run_series() {
         printf 'export COLO_GUEST=1 COLO_SERIES=%q COLO_KVER=%q COLO_REPO=%q COLO_OUT=%q\n' \
             "$s" "$kver" "$repo" "$out"
         printf 'export COLO_KO=%q COLO_KMOD_DIR=%q COLO_DMESG_PATTERNS=%q\n' \
-            "$build/kmod/$s/nfnetlink_colo.ko" "$build/kmod/$s" "$here/guest"
+            "$build/kmod/$s/nf_colo.ko" "$build/kmod/$s" "$here/guest"
         printf 'cd %q\n' "$repo"
         if [ -n "${GUEST_CMD:-}" ]; then
             printf '%s\n' "$GUEST_CMD"

@@ -6,7 +6,7 @@
 # Runs scripts/kernels.sh (headers + images under BUILD/kernels/<series>/), then builds
 # kmod/nfnetlink_colo with W=1 in a private copy per series, BUILD/kmod/<series>/, so the
 # builds never clobber each other or the source tree.  Result:
-#   BUILD/kmod/<series>/nfnetlink_colo.ko
+#   BUILD/kmod/<series>/nf_colo.ko
 # Any compiler or sparse (C=1) warning fails the build.
 set -euo pipefail
 
@@ -24,7 +24,7 @@ for series in "$@"; do
     kdir=$BUILD/kernels/$series/kdir
     kver=$(cat "$BUILD/kernels/$series/KVER")
     out=$BUILD/kmod/$series
-    echo "== kmod: nfnetlink_colo for $series ($kver)"
+    echo "== kmod: nf_colo for $series ($kver)"
     mkdir -p "$out"
     # Mirror the sources (only what Kbuild needs); stale object files of removed
     # sources are harmless, the Kbuild file lists the objects.
@@ -43,8 +43,8 @@ for series in "$@"; do
         rm -f "$out"/*.o "$out"/*.ko
         die "$series: compiler/sparse warnings (W=1 C=1 must be clean; log: $log)"
     fi
-    [ -f "$out/nfnetlink_colo.ko" ] || die "$series: nfnetlink_colo.ko not produced"
-    vm=$(modinfo -F vermagic "$out/nfnetlink_colo.ko")
+    [ -f "$out/nf_colo.ko" ] || die "$series: nf_colo.ko not produced"
+    vm=$(modinfo -F vermagic "$out/nf_colo.ko")
     [ "${vm%% *}" = "$kver" ] || die "$series: vermagic '$vm' does not match $kver"
-    echo "kmod: $out/nfnetlink_colo.ko ($vm)"
+    echo "kmod: $out/nf_colo.ko ($vm)"
 done

@@ -21,7 +21,7 @@ _DIR = click.Path(file_okay=False, path_type=Path)
                    "building; KVER defaults to the kernel it was built for.")
 def install(kver: str | None, kdir: Path | None, destdir: Path | None, src: Path | None,
             ko: Path | None) -> None:
-    """Build nfnetlink_colo and install it into /lib/modules/KVER/updates, then depmod."""
+    """Build nf_colo and install it into /lib/modules/KVER/updates, then depmod."""
     from ..kmod.install import install as do_install
 
     do_install(kver=kver, kdir=kdir, destdir=destdir, src=src, ko=ko, echo=click.echo)
@@ -34,7 +34,7 @@ def install(kver: str | None, kdir: Path | None, destdir: Path | None, src: Path
 @click.option("--root", type=_DIR,
               help="Look the installed module up under ROOT/lib/modules (see install --destdir).")
 def load(ko: Path | None, root: Path | None) -> None:
-    """Load nfnetlink_colo (modprobe)."""
+    """Load nf_colo (modprobe)."""
     from ..errors import InputError
     from ..kmod.load import load as do_load
 
@@ -45,7 +45,7 @@ def load(ko: Path | None, root: Path | None) -> None:
 
 @click.command()
 def unload() -> None:
-    """Unload nfnetlink_colo (rmmod)."""
+    """Unload nf_colo (rmmod)."""
     from ..kmod.load import unload as do_unload
 
     click.echo(do_unload())

@@ -27,6 +27,6 @@ class FamilyMissingError(ColoError):
 
     def __init__(self) -> None:
         super().__init__(
-            'Generic Netlink family "colo" not found: module nfnetlink_colo not loaded; '
+            'Generic Netlink family "colo" not found: module nf_colo not loaded; '
             "run colo-proxy load"
         )

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * nfnetlink_colo: internal declarations shared by the node store
+ * nf_colo: internal declarations shared by the node store
  * (colo_node.c), the Generic Netlink family (colo_netlink.c) and module
  * init/exit (colo_main.c).
  *

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * nfnetlink_colo: control plane of the COLO network proxy.
+ * nf_colo: control plane of the COLO network proxy.
  *
  * Registers the "colo" Generic Netlink family (colo.yaml): per network
  * namespace COLO nodes (one protected VM each, primary or secondary) that

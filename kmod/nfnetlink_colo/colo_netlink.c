@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * nfnetlink_colo: the "colo" Generic Netlink family (see colo.yaml and
+ * nf_colo: the "colo" Generic Netlink family (see colo.yaml and
  * docs/protocol.md).
  *
  * Every operation has its own strict policy (resv_start_op is 0, so the core

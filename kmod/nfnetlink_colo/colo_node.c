@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * nfnetlink_colo: the per-network-namespace node store and node lifetime.
+ * nf_colo: the per-network-namespace node store and node lifetime.
  *
  * Each netns has a struct colo_net (net_generic storage) holding an IDR that
  * maps the node index (1..65535) to the node, a list of all its nodes, and the

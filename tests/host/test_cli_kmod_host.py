@@ -40,7 +40,7 @@ def test_no_module_support_is_one_clear_line(command: str) -> None:
 
 @no_modules
 def test_load_of_a_file_still_reports_missing_module_support(tmp_path: Path) -> None:
-    ko = tmp_path / "nfnetlink_colo.ko"
+    ko = tmp_path / "nf_colo.ko"
     ko.write_bytes(b"\x7fELF")
     result = colo_proxy("load", "--ko", str(ko))
     assert result.returncode == 1
@@ -77,15 +77,15 @@ def test_install_for_another_kernel_into_a_staging_tree(kver: str, tmp_path: Pat
         pytest.skip("no kernel headers installed under /lib/modules/*/build")
     result = colo_proxy("install", "--kernel", kver, "--destdir", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"building nfnetlink_colo for {kver}" in result.stdout
+    assert f"building nf_colo for {kver}" in result.stdout
     assert "CC [M]" in result.stdout  # the build's progress reaches the operator
-    ko = tmp_path / "lib" / "modules" / kver / "updates" / "nfnetlink_colo.ko"
+    ko = tmp_path / "lib" / "modules" / kver / "updates" / "nf_colo.ko"
     assert ko.is_file()
     vermagic = subprocess.run(["modinfo", "-F", "vermagic", str(ko)], capture_output=True,
                               text=True, check=True).stdout
     assert vermagic.split()[0] == kver
     deps = (tmp_path / "lib" / "modules" / kver / "modules.dep").read_text()
-    assert "updates/nfnetlink_colo.ko:" in deps
+    assert "updates/nf_colo.ko:" in deps
 
     # The built file installs elsewhere as is; KVER comes from the module's vermagic.
     again = colo_proxy("install", "--ko", str(ko), "--destdir", str(tmp_path / "again"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-MODULE = "nfnetlink_colo"
+MODULE = "nf_colo"
 PY = [os.environ.get("COLO_PYTHON", str(Path(__file__).resolve().parents[2] / ".venv/bin/python"))]
 HERE = Path(__file__).resolve().parent
 

@@ -1,6 +1,6 @@
 """Fixtures for tests that run inside the guest kernel (scripts/guest-test.sh).
 
-The guest harness exports COLO_GUEST=1, COLO_KO (the freshly built nfnetlink_colo.ko for the
+The guest harness exports COLO_GUEST=1, COLO_KO (the freshly built nf_colo.ko for the
 running kernel), COLO_KVER, COLO_SERIES, COLO_KMOD_DIR and COLO_OUT.  Outside the guest every
 test marked ``kernel`` is skipped (the host run also deselects them with ``-m 'not kernel'``).
 
@@ -126,7 +126,7 @@ def dmesg() -> Iterator[KernelLog]:
 
 @pytest.fixture(scope="session")
 def colo_ko() -> Path:
-    """The nfnetlink_colo.ko built for the running kernel."""
+    """The nf_colo.ko built for the running kernel."""
     path = Path(os.environ.get("COLO_KO", ""))
     if not path.is_file():
         pytest.fail(f"COLO_KO={path} is not a file (run through scripts/guest-test.sh)")

@@ -1,6 +1,6 @@
 """colo-proxy install/load/unload against the real guest kernel and the freshly built module.
 
-The harness loaded nfnetlink_colo before the session; tests that need it unloaded use the
+The harness loaded nf_colo before the session; tests that need it unloaded use the
 ``unloaded`` fixture, which puts the harness's module back afterwards, also on failure.
 """
 
@@ -25,7 +25,7 @@ from colo_proxy.nl.constants import Cmd
 
 pytestmark = pytest.mark.kernel
 
-MODULE = "nfnetlink_colo"
+MODULE = "nf_colo"
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Unloading nfnetlink_colo while nodes exist is safe (docs/protocol.md): every node is
+"""Unloading nf_colo while nodes exist is safe (docs/protocol.md): every node is
 destroyed with node-gone(module-unload) in its namespace before the family goes away,
 also while requests are in flight; the module loads again afterwards.
 """

@@ -64,5 +64,5 @@ def test_status_without_module(colo_ko: Path) -> None:
         assert res.returncode == 1
         assert res.stderr.strip() == (
             'colo-proxy: error: Generic Netlink family "colo" not found: '
-            "module nfnetlink_colo not loaded; run colo-proxy load")
+            "module nf_colo not loaded; run colo-proxy load")
         assert res.stdout == ""

@@ -1,4 +1,4 @@
-"""Just enough of a C reader to check nfnetlink_colo against colo.yaml.
+"""Just enough of a C reader to check nf_colo against colo.yaml.
 
 Reads enums and #defines from the uapi header and the nla_policy tables, the
 genl ops table and the multicast group table from the module's .c files.

@@ -11,8 +11,8 @@ CHECK = Path(__file__).resolve().parents[2] / "scripts" / "guest" / "check-dmesg
 
 CLEAN = """\
 [    0.000000] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)
-[    2.101000] nfnetlink_colo: loading out-of-tree module taints kernel.
-[    2.102000] nfnetlink_colo: module verification failed: signature and/or required key \
+[    2.101000] nf_colo: loading out-of-tree module taints kernel.
+[    2.102000] nf_colo: module verification failed: signature and/or required key \
 missing - tainting kernel
 [    3.000000] DEBUG_PAGEALLOC disabled; BUGS reported elsewhere are not ours
 [    4.000000] Lockdown: python3: unsigned module loading is restricted; see man kernel_lockdown.7

@@ -128,9 +128,9 @@ def test_spec_loader_rejects_garbage(tmp_path: Path) -> None:
         spec.load(tmp_path / "missing.yaml")
 
 
-@pytest.mark.skipif(Path("/sys/module/nfnetlink_colo").exists(), reason="module is loaded")
+@pytest.mark.skipif(Path("/sys/module/nf_colo").exists(), reason="module is loaded")
 def test_status_without_module_is_one_clear_line() -> None:
     result = CliRunner().invoke(main, ["status"])
     assert result.exit_code == 1
-    assert "module nfnetlink_colo not loaded; run colo-proxy load" in result.output
+    assert "module nf_colo not loaded; run colo-proxy load" in result.output
     assert "Traceback" not in result.output

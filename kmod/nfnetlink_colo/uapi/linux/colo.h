@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR BSD-3-Clause) */
 /*
- * Userspace API of nfnetlink_colo.ko: the "colo" Generic Netlink family.
+ * Userspace API of nf_colo.ko: the "colo" Generic Netlink family.
  *
  * Written by hand to match kmod/nfnetlink_colo/colo.yaml exactly (names follow
  * the kernel's YNL generator conventions: <FAMILY>_A_<SET>_<ATTR>,
