@@ -44,6 +44,19 @@ def diff_captures(primary_path: str, secondary_path: str, config: Config,
                   options: DiffOptions) -> Report:
     primary = read_capture(primary_path)
     secondary = read_capture(secondary_path)
+    try:
+        return _diff(primary, secondary, config, options)
+    except InputError as exc:
+        cut = [f"{c.path} is cut short after frame #{len(c.frames)}"
+               for c in (primary, secondary) if c.cut_short is not None]
+        if not cut:
+            raise
+        raise InputError(f"{exc} (note: {'; '.join(cut)})") from None
+
+
+def _diff(primary: Capture, secondary: Capture, config: Config,
+          options: DiffOptions) -> Report:
+    primary_path, secondary_path = primary.path, secondary.path
     p_headers = [parse(f.data) for f in primary.frames]
     s_headers = [parse(f.data) for f in secondary.frames]
     selector = choose_vm(p_headers, s_headers, options.vm_ips, options.vm_macs,
@@ -101,7 +114,7 @@ def _strings(value: object) -> list[str]:
 
 def _info(cap: Capture, vm_frames: int) -> CaptureInfo:
     return CaptureInfo(cap.path, cap.format, len(cap.frames), vm_frames, cap.start,
-                       cap.duration_ms, cap.truncated)
+                       cap.duration_ms, cap.truncated, cap.cut_short)
 
 
 def _outputs(cap: Capture, headers: list[Headers | None], side: Side,

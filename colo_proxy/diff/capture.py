@@ -1,17 +1,18 @@
 """Read a pcap or pcapng capture of Ethernet frames into memory.
 
-Uses scapy's raw readers (no dissection).  Every problem with the file becomes an
-InputError naming the file: missing, unreadable, not a capture, not Ethernet, empty.
+Uses our own reader (:mod:`.pcapfile`).  Every problem with the file becomes an
+InputError naming the file: missing, unreadable, not a capture, not Ethernet, empty,
+cut short before its first frame.  A file cut short later is read up to its last
+complete frame and says so (``Capture.cut_short``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import InputError
+from . import pcapfile
 
 LINKTYPE_ETHERNET = 1
 _LINKTYPE_NAMES = {
@@ -19,7 +20,6 @@ _LINKTYPE_NAMES = {
     276: "Linux cooked v2 (SLL2)", 127: "802.11 radiotap", 105: "802.11", 228: "raw IPv4",
     229: "raw IPv6", 9: "PPP", 50: "PPP-HDLC",
 }
-_MAX_FRAME = 1 << 18  # larger than any GSO/GRO super-frame tcpdump can record
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Capture:
     start: float
     """Absolute timestamp (seconds since the epoch) of the earliest frame."""
     frames: list[Frame]
+    cut_short: int | None = None
+    """Byte offset where the file ends inside a record (None: complete); the frames are
+    those before it."""
 
     @property
     def duration_ms(self) -> float:
@@ -57,63 +60,32 @@ def linktype_name(linktype: int) -> str:
 
 def read_capture(path: str) -> Capture:
     """Load every frame of ``path``; raise InputError if it is not a usable capture."""
-    from scapy.error import Scapy_Exception
-    from scapy.utils import RawPcapNgReader, RawPcapReader
-
-    logging.getLogger("scapy").setLevel(logging.CRITICAL)  # one line per error, ours
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if os.path.isdir(path):
         raise InputError(f"{path}: is a directory, not a capture")
     try:
-        reader: Any = RawPcapReader(path)
-    except Scapy_Exception:
-        raise InputError(f"{path}: not a pcap or pcapng capture") from None
+        parsed = pcapfile.read(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (EOFError, ValueError):
-        raise InputError(f"{path}: not a pcap or pcapng capture (truncated header)") from None
-    pcapng = isinstance(reader, RawPcapNgReader)
-    try:
-        if not pcapng and reader.linktype != LINKTYPE_ETHERNET:
-            raise InputError(f"{path}: {linktype_name(reader.linktype)} capture; "
+    except pcapfile.FormatError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    for record in parsed.records:
+        if record.linktype != LINKTYPE_ETHERNET:
+            what = "interface" if parsed.format == "pcapng" else "capture"
+            raise InputError(f"{path}: {linktype_name(record.linktype)} {what}; "
                              "colo-proxy diff needs Ethernet frames (link type 1)")
-        frames = _read_frames(path, reader, pcapng)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        reader.close()
-    if not frames:
+    if not parsed.records:
+        if parsed.cut_short is not None:
+            raise InputError(f"{path}: capture is cut short: the file ends "
+                             f"(at byte {parsed.cut_short}) before its first complete frame")
         raise InputError(f"{path}: capture is empty (no frames)")
-    start = min(ts for ts, _, _ in frames)
+    start = min(r.time for r in parsed.records)
     return Capture(
         path=path,
-        format="pcapng" if pcapng else "pcap",
+        format=parsed.format,
         start=start,
-        frames=[Frame(i + 1, (ts - start) * 1000.0, data, trunc)
-                for i, (ts, data, trunc) in enumerate(frames)],
+        frames=[Frame(i + 1, (r.time - start) * 1000.0, r.data, r.wire_length > len(r.data))
+                for i, r in enumerate(parsed.records)],
+        cut_short=parsed.cut_short,
     )
-
-
-def _read_frames(path: str, reader: Any, pcapng: bool) -> list[tuple[float, bytes, bool]]:
-    out: list[tuple[float, bytes, bool]] = []
-    nano = bool(getattr(reader, "nano", False))
-    while True:
-        try:
-            record = reader._read_packet(size=_MAX_FRAME)
-        except EOFError:
-            break
-        except Exception as exc:  # scapy raises a variety of things on corrupt records
-            raise InputError(f"{path}: corrupt capture after frame {len(out)}: {exc}") from None
-        if record is None:
-            break
-        data, meta = record
-        if pcapng:
-            if meta.linktype != LINKTYPE_ETHERNET:
-                raise InputError(f"{path}: {linktype_name(meta.linktype)} interface; "
-                                 "colo-proxy diff needs Ethernet frames (link type 1)")
-            ts = ((meta.tshigh << 32) | meta.tslow) / float(meta.tsresol)
-        else:
-            ts = meta.sec + meta.usec / (1e9 if nano else 1e6)
-        out.append((ts, bytes(data), meta.wirelen > len(data)))
-    return out

@@ -1,8 +1,11 @@
-"""Just enough header parsing to select, pair and reassemble captured frames.
+"""What the diff needs to know about a captured frame, from the engine's own parser.
 
-No full dissection: a handful of ``struct`` reads per frame (Ethernet, optional
-802.1Q tags, IPv4/IPv6, TCP/UDP ports).  Anything else is reported as non-IP
-or port-less; nothing here raises on frame content.
+The connection key, TCP numbers and payload come from :func:`colo_proxy.compare.parse.parse`
+(the function the datapaths run), so the diff sees every frame exactly as the engine
+does: stacked VLAN tags (802.1Q, 802.1ad, 0x9100) packed into the key, IPv6 extension
+headers, fragments, malformed frames.  Only what the engine does not need is read
+here: the MAC addresses, the ARP sender address, and where the TCP header sits (to
+rewrite it when pairing connections).  Nothing here raises on frame content.
 """
 
 from __future__ import annotations
@@ -10,128 +13,105 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from ..compare import parse as engine_parse
 from ..compare.model import ConnKey
 
 ETH_P_IPV4 = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_ARP = 0x0806
-_VLAN_TPIDS = (0x8100, 0x88A8)
-_IPV6_EXT = (0, 43, 60)  # hop-by-hop, routing, destination options
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
 TCP_RST = 0x04
 TCP_ACK = 0x10
 
+TCP = engine_parse.TCP
+FIFO = engine_parse.FIFO
+CONTROL = engine_parse.CONTROL
+
 
 class Headers(NamedTuple):
-    """What the diff needs to know about one Ethernet frame."""
+    """One Ethernet frame as the engine classifies it, plus its L2 addresses."""
 
+    kind: int
+    """The engine's class: TCP, FIFO (datagrams, fragments, non-IP, malformed) or CONTROL."""
+    key: ConnKey
+    """The engine's connection key (VLAN ids packed outermost first)."""
     src_mac: bytes
     dst_mac: bytes
-    vlan: int
-    l3: int
-    """4 or 6 for IP, else the EtherType."""
-    src: bytes
-    dst: bytes
-    proto: int
-    sport: int
-    dport: int
-    frag: bool
-    l4: int
-    """Offset of the L4 header in the frame (-1 if none)."""
-    payload: int
-    """Offset of the L4 payload (TCP/UDP) in the frame (-1 if none)."""
-    end: int
-    """End of the L3 datagram in the frame (Ethernet padding excluded)."""
     seq: int
     ack: int
     flags: int
+    payload: bytes
+    """TCP payload (empty for other frames)."""
+    size: int
+    """Payload bytes for the report: TCP/UDP payload, the whole frame otherwise."""
+    l3: int
+    """Offset of the L3 header (after every VLAN tag)."""
+    l4: int
+    """Offset of the TCP header in the frame (-1 if not TCP)."""
     arp_spa: bytes
     """ARP sender protocol address (empty for non-ARP frames)."""
 
     @property
-    def key(self) -> ConnKey:
-        return ConnKey(self.vlan, self.l3, self.src, self.dst, self.proto,
-                       self.sport, self.dport, self.frag)
+    def tcp(self) -> bool:
+        return self.kind == TCP
 
     @property
-    def payload_bytes(self) -> int:
-        return self.end - self.payload if self.payload >= 0 else 0
+    def proto(self) -> int:
+        return self.key.proto
+
+    @property
+    def frag(self) -> bool:
+        return self.key.frag
+
+    @property
+    def src(self) -> bytes:
+        return self.key.src
+
+    @property
+    def dst(self) -> bytes:
+        return self.key.dst
+
+    @property
+    def ip(self) -> bool:
+        return self.key.l3 in (4, 6)
+
+
+def l3_offset(frame: bytes) -> int:
+    """Offset just past the Ethernet header and its VLAN tags (as the engine counts them)."""
+    off = 12
+    tags = 0
+    while (len(frame) >= off + 4 and struct.unpack_from("!H", frame, off)[0]
+           in engine_parse.VLAN_TPIDS and tags < engine_parse.MAX_VLAN_TAGS):
+        off += 4
+        tags += 1
+    return off + 2
 
 
 def parse(frame: bytes) -> Headers | None:
-    """Parse an Ethernet frame; None if it is shorter than an Ethernet header."""
+    """Classify an Ethernet frame with the engine's parser; None if it is shorter than an
+    Ethernet header (nothing to attribute to the VM)."""
     if len(frame) < 14:
         return None
-    dst_mac, src_mac = frame[0:6], frame[6:12]
-    (ethertype,) = struct.unpack_from("!H", frame, 12)
-    off = 14
-    vlan = -1
-    while ethertype in _VLAN_TPIDS and len(frame) >= off + 4:
-        tci, ethertype = struct.unpack_from("!HH", frame, off)
-        if vlan < 0:
-            vlan = tci & 0x0FFF
-        off += 4
-    if ethertype == ETH_P_IPV4:
-        return _ipv4(frame, off, src_mac, dst_mac, vlan)
-    if ethertype == ETH_P_IPV6:
-        return _ipv6(frame, off, src_mac, dst_mac, vlan)
+    kind, raw_key, a, b, flags, payload = engine_parse.parse(frame, 0)
+    if raw_key is None:
+        return None
+    key = ConnKey(*raw_key)
+    l3 = l3_offset(frame)
+    seq = ack = 0
+    l4 = -1
     spa = b""
-    if ethertype == ETH_P_ARP and len(frame) >= off + 28:
-        spa = frame[off + 14:off + 18]
-    return Headers(src_mac, dst_mac, vlan, ethertype, b"", b"", 0, 0, 0, False,
-                   -1, -1, len(frame), 0, 0, 0, spa)
-
-
-def _ipv4(frame: bytes, off: int, smac: bytes, dmac: bytes, vlan: int) -> Headers | None:
-    if len(frame) < off + 20:
-        return Headers(smac, dmac, vlan, ETH_P_IPV4, b"", b"", 0, 0, 0, False,
-                       -1, -1, len(frame), 0, 0, 0, b"")
-    ihl = (frame[off] & 0x0F) * 4
-    (total,) = struct.unpack_from("!H", frame, off + 2)
-    (fragword,) = struct.unpack_from("!H", frame, off + 6)
-    proto = frame[off + 9]
-    src, dst = frame[off + 12:off + 16], frame[off + 16:off + 20]
-    end = min(len(frame), off + total) if total >= ihl else len(frame)
-    frag = bool(fragword & 0x3FFF)  # MF set or non-zero fragment offset
-    return _l4(frame, off + max(ihl, 20), end, smac=smac, dmac=dmac, vlan=vlan, l3=4,
-               src=src, dst=dst, proto=proto, frag=frag)
-
-
-def _ipv6(frame: bytes, off: int, smac: bytes, dmac: bytes, vlan: int) -> Headers | None:
-    if len(frame) < off + 40:
-        return Headers(smac, dmac, vlan, ETH_P_IPV6, b"", b"", 0, 0, 0, False,
-                       -1, -1, len(frame), 0, 0, 0, b"")
-    (plen,) = struct.unpack_from("!H", frame, off + 4)
-    proto = frame[off + 6]
-    src, dst = frame[off + 8:off + 24], frame[off + 24:off + 40]
-    end = min(len(frame), off + 40 + plen)
-    pos = off + 40
-    frag = False
-    while proto in (*_IPV6_EXT, 44) and pos + 8 <= end:
-        nxt = frame[pos]
-        if proto == 44:
-            frag = True
-            pos += 8
-        else:
-            pos += (frame[pos + 1] + 1) * 8
-        proto = nxt
-    return _l4(frame, pos, end, smac=smac, dmac=dmac, vlan=vlan, l3=6,
-               src=src, dst=dst, proto=proto, frag=frag)
-
-
-def _l4(frame: bytes, l4: int, end: int, *, smac: bytes, dmac: bytes, vlan: int, l3: int,
-        src: bytes, dst: bytes, proto: int, frag: bool) -> Headers:
-    sport = dport = seq = ack = flags = 0
-    payload = -1
-    if not frag and proto in (6, 17) and end >= l4 + 8:
-        sport, dport = struct.unpack_from("!HH", frame, l4)
-        if proto == 6 and end >= l4 + 20:
-            seq, ack = struct.unpack_from("!II", frame, l4 + 4)
-            flags = frame[l4 + 13]
-            payload = min(end, l4 + (frame[l4 + 12] >> 4) * 4)
-        elif proto == 17:
-            payload = l4 + 8
-    return Headers(smac, dmac, vlan, l3, src, dst, proto, sport, dport, frag,
-                   l4, payload, end, seq, ack, flags, b"")
+    if kind == TCP:
+        seq, ack = a, b
+        size = len(payload)
+        l4 = frame.find(struct.pack("!HHII", key.sport, key.dport, seq, ack), l3)
+    else:
+        flags, payload = 0, b""
+        compared = a if isinstance(a, bytes) else b""
+        size = len(compared) - 6 if key.proto == 17 and not key.frag and key.l3 in (4, 6) \
+            else len(frame)
+        if key.l3 == ETH_P_ARP and len(frame) >= l3 + 18:
+            spa = frame[l3 + 14:l3 + 18]
+    return Headers(kind, key, frame[6:12], frame[0:6], seq, ack, flags, payload, size,
+                   l3, l4, spa)

@@ -59,7 +59,7 @@ def tcp_connections(
     """Every TCP connection in a capture, keyed in the VM-output direction."""
     conns: dict[ConnKey, ConnInfo] = {}
     for pos, h in enumerate(headers):
-        if h is None or h.proto != 6 or h.frag or h.payload < 0:
+        if h is None or not h.tcp:
             continue
         out = is_output(h)
         key = h.key if out else reverse(h.key)
@@ -106,7 +106,7 @@ class Normalizer:
         self.rewritten = 0
 
     def __call__(self, h: Headers, data: bytes) -> tuple[Headers, bytes]:
-        if h.proto != 6 or h.frag or h.payload < 0:
+        if not h.tcp or h.l4 < 0:
             return h, data
         if not self._is_output(h):
             if h.flags & TCP_SYN:
@@ -129,4 +129,5 @@ class Normalizer:
         ack = (h.ack + delta) & 0xFFFFFFFF
         struct.pack_into("!HHII", buf, h.l4, pkey.sport, pkey.dport, h.seq, ack)
         self.rewritten += 1
-        return h._replace(sport=pkey.sport, dport=pkey.dport, ack=ack), bytes(buf)
+        new_key = h.key._replace(sport=pkey.sport, dport=pkey.dport)
+        return h._replace(key=new_key, ack=ack), bytes(buf)

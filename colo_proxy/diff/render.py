@@ -19,6 +19,9 @@ def _when(ms: float | None) -> str:
 def _capture_line(label: str, cap: CaptureInfo) -> str:
     text = (f"{label:<9} {cap.path} ({cap.format}, {cap.frames} frames over "
             f"{cap.duration_ms / 1000.0:.3f}s, {cap.vm_frames} sent by the VM)")
+    if cap.cut_short is not None:
+        text += (f"  WARNING: the file is cut short (it ends inside a record at byte "
+                 f"{cap.cut_short}); frames after #{cap.frames} are lost")
     if cap.truncated:
         text += f"  WARNING: {cap.truncated} frames truncated by the capture's snap length"
     return text
@@ -36,6 +39,16 @@ def _checkpoint_line(c: Checkpoint, with_key: bool) -> str:
     if c.trigger is not None:
         text += f"  [on {c.trigger.side} frame #{c.trigger.index}]"
     return text
+
+
+_LOSS = ("overflow",)
+
+
+def _dropped(conn: ConnReport) -> str:
+    lost = {k: v for k, v in conn.tally.dropped.items() if k in _LOSS}
+    if not lost:
+        return ""
+    return "; dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(lost.items()))
 
 
 class Renderer:
@@ -69,9 +82,10 @@ class Renderer:
         self.summary(rep)
 
     def connection(self, conn: ConnReport) -> None:
-        status = "DIVERGED" if conn.diverged else "match"
+        verdict = conn.verdict()
+        status = f"DIVERGED ({', '.join(verdict)})" if verdict else "match"
         self.line(Text.assemble((format_key(conn.key), "bold"), "  ",
-                                (status, "bold red" if conn.diverged else "green")))
+                                (status, "bold red" if verdict else "green")))
         if conn.paired_from is not None:
             self.line(f"  secondary connection {format_key(conn.paired_from)} paired by order")
         self.line(f"  primary {conn.frames[0]} frames / {conn.bytes[0]} B, secondary "
@@ -80,7 +94,8 @@ class Renderer:
                   + (f"; {conn.tally.released_by_checkpoint} released by a checkpoint"
                      if conn.tally.released_by_checkpoint else "")
                   + (f"; {conn.tally.covered} secondary frames covered by a checkpoint"
-                     if conn.tally.covered else ""))
+                     if conn.tally.covered else "")
+                  + _dropped(conn))
         if conn.first_divergence is not None:
             self.divergence(conn.first_divergence)
         elif conn.stream_first_difference is not None:
@@ -135,7 +150,7 @@ class Renderer:
                   + f"; {rep.suppressed} further requests suppressed while one was pending")
         if rep.still_held:
             self.line(f"  {rep.still_held} frames were never released or dropped by the engine")
-        keyless = [c for c in rep.checkpoints if c.request.key is None]
+        keyless = rep.keyless()
         if keyless:
             self.line("  checkpoints not tied to a connection:")
             for c in keyless:

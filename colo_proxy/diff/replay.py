@@ -80,6 +80,8 @@ class ConnTally:
     """Secondary frames not replayed: the primary had sent that output before a
     checkpoint, which (in COLO) brings the secondary to the primary's state."""
     dropped: dict[str, int] = field(default_factory=dict)
+    undecided: int = 0
+    """Frames the engine neither released nor dropped, even after the final timeouts."""
     first_time_ms: float = 0.0
 
 
@@ -94,8 +96,8 @@ class ReplayResult:
     """Frames the engine neither released nor dropped, even after the final timeouts."""
 
 
-def payload_len(h: Headers, data: bytes) -> int:
-    return h.payload_bytes if h.payload >= 0 else len(data)
+def payload_len(h: Headers) -> int:
+    return h.size
 
 
 class Replay:
@@ -145,13 +147,13 @@ class Replay:
                     tally.uncompared += 1
                 else:
                     tally.matched_frames += 1
-                    tally.matched_bytes += payload_len(out.headers, out.data)
+                    tally.matched_bytes += payload_len(out.headers)
             elif isinstance(d, Drop):
                 reason = str(d.reason)
                 tally.dropped[reason] = tally.dropped.get(reason, 0) + 1
 
     def _uncompared(self, h: Headers) -> bool:
-        if h.l3 not in (4, 6):
+        if not h.ip:
             return True
         rules = self.engine.config.passthrough
         return bool(rules) and any(r.matches(h.key) for r in rules)
@@ -229,7 +231,7 @@ class Replay:
         self._now = out.time_ms
         tally = self._tally(out)
         tally.frames[out.side] += 1
-        tally.bytes[out.side] += payload_len(out.headers, out.data)
+        tally.bytes[out.side] += payload_len(out.headers)
         end = self.streams.add(out.side, out.headers, out.data)
         if out.side == Side.SECONDARY and self._covered(out, end):
             tally.covered += 1
@@ -253,5 +255,7 @@ class Replay:
             self._advance(horizon)
             if self._checkpoint_due is None and self._next_deadline() is None:
                 break
+        for _, out in self._held.values():
+            self._tally(out).undecided += 1
         return ReplayResult(self.checkpoints, self.tallies, self.streams, last,
                             len(self._held))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..compare.model import ConnKey, Divergence, Side, format_key
+from ..compare.model import ConnKey, Divergence, DropReason, Reason, Side, format_key
 from .context import Context, decode_context
 from .hexdump import HexRow, hexdump_rows, window
 from .replay import Checkpoint, ConnTally, ReplayResult
@@ -83,9 +83,29 @@ class ConnReport:
     first_divergence: DivergenceReport | None = None
     stream_first_difference: int | None = None
 
+    def verdict(self) -> list[str]:
+        """Why the connection counts as diverged (empty: it matched).  Anything the
+        proxy would not have passed through unharmed counts: a checkpoint, a
+        divergence, a frame lost to the hard limits, a timeout, a frame never decided."""
+        why: list[str] = []
+        if self.checkpoints:
+            n = len(self.checkpoints)
+            why.append(f"{n} checkpoint{'s' if n != 1 else ''}")
+        if self.first_divergence is not None and not self.checkpoints:
+            why.append("streams differ")
+        timeouts = sum(1 for c in self.checkpoints if c.request.reason == Reason.TIMEOUT)
+        if timeouts:
+            why.append(f"{timeouts} timeout{'s' if timeouts != 1 else ''}")
+        lost = self.tally.dropped.get(str(DropReason.OVERFLOW), 0)
+        if lost:
+            why.append(f"{lost} frame{'s' if lost != 1 else ''} dropped (overflow)")
+        if self.tally.undecided:
+            why.append(f"{self.tally.undecided} frames never decided")
+        return why
+
     @property
     def diverged(self) -> bool:
-        return bool(self.checkpoints) or self.first_divergence is not None
+        return bool(self.verdict())
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -99,6 +119,9 @@ class ConnReport:
             "released": {"uncompared": self.tally.uncompared,
                          "checkpoint": self.tally.released_by_checkpoint},
             "dropped": dict(sorted(self.tally.dropped.items())),
+            "never_decided": self.tally.undecided,
+            "diverged": self.diverged,
+            "verdict": self.verdict(),
             "first_divergence": self.first_divergence.as_dict() if self.first_divergence else None,
             "stream_first_difference": self.stream_first_difference,
             "checkpoints": [checkpoint_dict(c) for c in self.checkpoints],
@@ -114,11 +137,13 @@ class CaptureInfo:
     start: float
     duration_ms: float
     truncated: int
+    cut_short: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"path": self.path, "format": self.format, "frames": self.frames,
                 "vm_output_frames": self.vm_frames, "first_frame_time": self.start,
-                "duration_ms": _ms(self.duration_ms), "truncated_frames": self.truncated}
+                "duration_ms": _ms(self.duration_ms), "truncated_frames": self.truncated,
+                "cut_short_at_byte": self.cut_short}
 
 
 @dataclass
@@ -145,6 +170,15 @@ class Report:
                 out.extend(str(v) for v in value)
         return out
 
+    @property
+    def diverged(self) -> bool:
+        """The verdict (exit status 1): any connection diverged or any checkpoint."""
+        return bool(self.checkpoints) or any(c.diverged for c in self.connections)
+
+    def keyless(self) -> list[Checkpoint]:
+        """Checkpoints not tied to a connection (limits that concern the whole engine)."""
+        return [c for c in self.checkpoints if c.request.key is None]
+
     def reasons(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for c in self.checkpoints:
@@ -165,7 +199,9 @@ class Report:
                 "connections_diverged": sum(1 for c in self.connections if c.diverged),
                 "frames_matched": sum(c.matched_frames for c in self.connections),
                 "bytes_matched": sum(c.matched_bytes for c in self.connections),
+                "diverged": self.diverged,
                 "checkpoints": len(self.checkpoints),
+                "checkpoints_without_connection": len(self.keyless()),
                 "checkpoints_by_reason": self.reasons(),
                 "requests_suppressed": self.suppressed,
                 "checkpoints_done": self.checkpoints_done,
@@ -293,8 +329,15 @@ def build_report(result: ReplayResult, *, primary: CaptureInfo, secondary: Captu
         conns.append(conn)
         by_key[key] = conn
     for c in result.checkpoints:
-        if c.request.key is not None and c.request.key in by_key:
-            by_key[c.request.key].checkpoints.append(c)
+        ckey = c.request.key
+        if ckey is None:
+            continue
+        if ckey not in by_key:  # never orphaned: a connection the replay did not tally
+            extra = ConnTally(ckey, first_time_ms=c.time_ms)
+            by_key[ckey] = ConnReport(ckey, paired_from.get(ckey), extra.frames, extra.bytes,
+                                      0, 0, extra)
+            conns.append(by_key[ckey])
+        by_key[ckey].checkpoints.append(c)
     for conn in conns:
         pstream = result.streams.get(conn.key, Side.PRIMARY, 0)
         sstream = result.streams.get(conn.key, Side.SECONDARY, 0)

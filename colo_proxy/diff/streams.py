@@ -69,7 +69,7 @@ class Streams:
     def add(self, side: Side, h: Headers, data: bytes) -> int | None:
         """Record a VM output frame; returns the stream offset just past it, counting a
         FIN as one byte (None: not TCP)."""
-        if h.proto != 6 or h.frag or h.payload < 0:
+        if not h.tcp:
             return None
         incarnations = self._streams.setdefault((h.key, side), [])
         if h.flags & TCP_SYN:
@@ -85,7 +85,7 @@ class Streams:
             incarnations.append(Stream())
         current = incarnations[-1]
         current.flags |= h.flags & (TCP_FIN | TCP_RST)
-        end = current.add(h.seq, data[h.payload:h.end])
+        end = current.add(h.seq, h.payload)
         if h.flags & TCP_FIN:  # the FIN takes one sequence number
             end += 1
             current.sent_end = max(current.sent_end, end)

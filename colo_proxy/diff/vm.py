@@ -28,9 +28,9 @@ class VmSelector:
         """True for a frame the VM sent."""
         if h.src_mac in self.macs:
             return True
-        if h.l3 in (4, 6):
+        if h.ip:
             return h.src in self.ips
-        if h.l3 == ETH_P_ARP:
+        if h.key.l3 == ETH_P_ARP:
             return h.arp_spa in self.ips
         return False
 
@@ -67,7 +67,7 @@ def server_counts(headers: Iterable[Headers | None]) -> Counter[bytes]:
     """How often each IP address acted as a TCP server (SYN-ACK sent or SYN received)."""
     counts: Counter[bytes] = Counter()
     for h in headers:
-        if h is None or h.proto != 6 or h.frag or not h.flags & TCP_SYN:
+        if h is None or not h.tcp or not h.flags & TCP_SYN:
             continue
         counts[h.src if h.flags & TCP_ACK else h.dst] += 1
     return counts

@@ -191,14 +191,15 @@ def token(lab: tuple[Pair, Pair], tmp_path_factory: pytest.TempPathFactory) -> R
     return _record(lab, tmp_path_factory.mktemp("token"), TOKEN_PORT, 42000)
 
 
-def _diff(rec: Recording, *args: str) -> str:
+def _diff(rec: Recording, *args: str, status: int = 0) -> str:
+    """The report; exit status 0 when the captures match, 1 when they diverge."""
     result = CliRunner().invoke(main, ["diff", *args, str(rec.primary), str(rec.secondary)])
-    assert result.exit_code == 0, result.output + result.stderr
+    assert result.exit_code == status, result.output + result.stderr
     return result.stdout
 
 
-def _diff_json(rec: Recording, *args: str) -> dict[str, object]:
-    data = json.loads(_diff(rec, "--json", *args))
+def _diff_json(rec: Recording, *args: str, status: int = 0) -> dict[str, object]:
+    data = json.loads(_diff(rec, "--json", *args, status=status))
     assert isinstance(data, dict)
     return data
 
@@ -242,7 +243,7 @@ def test_token_page_diagnosis_json(token: Recording) -> None:
     assert token_start <= offset < token_end
 
     # A short checkpoint keeps the next page's connection clear of the token's checkpoint.
-    data = _diff_json(token, "--align", "absolute", "--checkpoint-latency", "1")
+    data = _diff_json(token, "--align", "absolute", "--checkpoint-latency", "1", status=1)
     assert data["primary"]["format"] == "pcap"  # type: ignore[index]
     assert data["replay"]["align"] == "absolute"  # type: ignore[index]
     assert data["vm"] == {"ips": [VM_IP], "macs": [], "selected_by": "auto: TCP server role"}
@@ -281,7 +282,7 @@ def test_token_page_diagnosis_json(token: Recording) -> None:
     assert data["checkpoints"] == [checkpoint]
 
     # Aligned on the captures' starts (the default), the diagnosis is the same.
-    data = _diff_json(token)
+    data = _diff_json(token, status=1)
     conn = next(c for c in data["connections"]  # type: ignore[attr-defined]
                 if c["connection"] == _key(TOKEN_PORT, token.ports["/token.html"]))
     assert conn["first_divergence"]["reason"] == "payload-mismatch"
@@ -295,7 +296,7 @@ def test_token_page_diagnosis_text(token: Recording) -> None:
     token_start = p_body.index(b"token: ") + len(b"token: ")
     primary_token = p_body[token_start:p_body.index(b"</p>", token_start)].decode()
     offset = _first_difference(p_body, s_body)
-    lines = _diff(token, "--align", "absolute").splitlines()
+    lines = _diff(token, "--align", "absolute", status=1).splitlines()
 
     header = _key(TOKEN_PORT, token.ports["/token.html"])
     start = next(i for i, line in enumerate(lines) if line.startswith(header))

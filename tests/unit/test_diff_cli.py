@@ -92,9 +92,35 @@ def test_garbage_file(tmp_path: Path, good: Path) -> None:
 def test_truncated_record(tmp_path: Path, good: Path) -> None:
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(good.read_bytes()[:24 + 16 + 10])  # header, record header, part of a frame
-    result = run(str(good), str(cut))
-    assert result.exit_code == 2
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert_one_line_error(run(str(good), str(cut)), "cut.pcap", "cut short",
+                          "before its first complete frame")
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_cut_short_after_some_frames_says_so(tmp_path: Path, fmt: str) -> None:
+    # The file ends inside the 4th record (the first frame sent by the client with data):
+    # the 3 complete frames are read and the report says the file is cut short.
+    p, s = write_pair(tmp_path, conversation(PAGE % b"aaaa"), conversation(PAGE % b"aaaa"),
+                      fmt)
+    whole = Path(s).read_bytes()
+    Path(s).write_bytes(whole[:len(whole) // 2])
+    result = run(p, s)
+    assert result.exit_code in (0, 1), result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("secondary"))
+    assert "cut short" in line and "are lost" in line
+    data = diff_json(p, s)
+    assert data["secondary"]["cut_short_at_byte"] == len(whole) // 2  # type: ignore[index]
+    assert data["primary"]["cut_short_at_byte"] is None  # type: ignore[index]
+
+
+def test_cut_short_capture_is_named_in_later_input_errors(tmp_path: Path, good: Path) -> None:
+    # Cut inside the SYN-ACK: only the client's SYN is left; the error says why.
+    cut = tmp_path / "cut.pcap"
+    whole = good.read_bytes()
+    first_len = int.from_bytes(whole[24 + 8:24 + 12], "little")  # incl_len of record 1
+    cut.write_bytes(whole[:24 + 16 + first_len + 20])
+    assert_one_line_error(run(str(cut), str(good)), "no frames sent by the VM",
+                          "cut.pcap is cut short after frame #1")
 
 
 def test_raw_ip_linktype(tmp_path: Path, good: Path) -> None:
@@ -196,10 +222,12 @@ def write_pair(tmp_path: Path, primary: list[Packet], secondary: list[Packet],
 
 
 def diff_json(*args: str) -> dict[str, object]:
+    """The JSON report; the exit status must agree with its verdict (0 match, 1 diverged)."""
     result = run("--json", *args)
-    assert result.exit_code == 0, result.output + result.stderr
+    assert result.exit_code in (0, 1), result.output + result.stderr
     data = json.loads(result.stdout)
     assert isinstance(data, dict)
+    assert result.exit_code == (1 if data["summary"]["diverged"] else 0)  # type: ignore[index]
     return data
 
 
@@ -249,7 +277,7 @@ def test_token_page_diverges_at_the_token(tmp_path: Path, fmt: str) -> None:
 def test_text_output_marks_the_token(tmp_path: Path) -> None:
     p, s = write_pair(tmp_path, conversation(PAGE % b"AAAA"), conversation(PAGE % b"AZZA"))
     result = run(p, s)
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 1, result.stderr
     out = result.stdout
     assert "DIVERGED" in out and "payload-mismatch" in out
     lines = out.splitlines()
