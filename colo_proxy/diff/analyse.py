@@ -6,13 +6,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from ..compare.engine import Engine
-from ..compare.model import Config, PassthroughRule, Side
+from ..compare.model import Config, ConnKey, PassthroughRule, Side
 from ..errors import InputError
 from .capture import Capture, read_capture
 from .headers import Headers, parse
 from .pairing import Normalizer, pair, tcp_connections
 from .replay import Output, Replay
-from .report import CaptureInfo, Report, build_report
+from .report import CaptureInfo, Report, build_report, diverged_keys
 from .vm import VmSelector, choose_vm
 
 
@@ -25,6 +25,12 @@ class DiffOptions:
     """Do not pair connections or shift ACK numbers (captures of one real COLO pair)."""
     absolute_time: bool = False
     """Keep the captures' own timestamps (one clock) instead of aligning their starts."""
+
+
+def alternative_latencies(latency: float) -> list[float]:
+    """The other checkpoint latencies replayed to show how much the verdict depends on the
+    model: none at all, and twice the given one (50 ms when it is 0)."""
+    return [0.0, 2 * latency] if latency > 0 else [50.0]
 
 
 def _config_dict(config: Config) -> dict[str, object]:
@@ -86,6 +92,9 @@ def _diff(primary: Capture, secondary: Capture, config: Config,
     engine = Engine(config)
     result = Replay(engine, options.checkpoint_latency_ms).run(p_out, s_out)
     stats = engine.stats
+    sensitivity: dict[float, set[ConnKey]] = {options.checkpoint_latency_ms: diverged_keys(result)}
+    for latency in alternative_latencies(options.checkpoint_latency_ms):
+        sensitivity[latency] = diverged_keys(Replay(Engine(config), latency).run(p_out, s_out))
     return build_report(
         result,
         primary=_info(primary, len(p_out)),
@@ -98,6 +107,7 @@ def _diff(primary: Capture, secondary: Capture, config: Config,
         paired_from={pkey: skey for skey, pkey in mapping.items()},
         suppressed=stats.requests_suppressed,
         checkpoints_done=stats.checkpoints_done,
+        sensitivity=sensitivity,
         counters=stats.as_dict(),
     )
 

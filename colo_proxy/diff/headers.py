@@ -115,3 +115,21 @@ def parse(frame: bytes) -> Headers | None:
             spa = frame[l3 + 14:l3 + 18]
     return Headers(kind, key, frame[6:12], frame[0:6], seq, ack, flags, payload, size,
                    l3, l4, spa)
+
+
+def rebuild_tcp(frame: bytes, h: Headers, seq: int, payload: bytes, flags: int) -> bytes:
+    """``frame`` (a TCP frame) with another sequence number, payload and flags; the IP
+    length follows, the checksums are left as they are (the engine does not read them)."""
+    if h.l4 < 0:
+        raise ValueError("not a TCP frame")
+    doff = (frame[h.l4 + 12] >> 4) * 4
+    tcp = bytearray(frame[h.l4:h.l4 + doff])
+    struct.pack_into("!I", tcp, 4, seq & 0xFFFFFFFF)
+    tcp[13] = flags & 0xFF
+    out = bytearray(frame[:h.l4]) + tcp + payload
+    l4_len = doff + len(payload)
+    if h.key.l3 == 4:
+        struct.pack_into("!H", out, h.l3 + 2, h.l4 - h.l3 + l4_len)
+    else:
+        struct.pack_into("!H", out, h.l3 + 4, h.l4 - h.l3 - 40 + l4_len)
+    return bytes(out)

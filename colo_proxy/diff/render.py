@@ -59,7 +59,7 @@ class Renderer:
     def line(self, text: str | Text = "", style: str = "") -> None:
         if isinstance(text, Text):
             self.console.print(text if self.styled else text.plain, highlight=False,
-                               soft_wrap=True)
+                               soft_wrap=True, markup=False)
         else:
             self.console.print(text, style=style if self.styled else "", markup=False,
                                highlight=False, soft_wrap=True)
@@ -81,9 +81,26 @@ class Renderer:
             self.connection(conn)
         self.summary(rep)
 
+    def latency_note(self, rep: Report) -> None:
+        if len(rep.sensitivity) < 2:
+            return
+        counts = ", ".join(f"{k:g} ms: {v}" for k, v in sorted(rep.sensitivity.items()))
+        dependent = sum(1 for c in rep.connections if c.latency_dependent)
+        if not dependent and len(set(rep.sensitivity.values())) == 1:
+            self.line(f"  replayed with checkpoint latencies {counts} diverged: the verdict "
+                      "does not depend on --checkpoint-latency")
+            return
+        self.line(f"  WARNING: the verdict depends on the modelled checkpoint latency "
+                  f"(connections diverged at {counts}); {dependent} connections marked "
+                  "[depends on --checkpoint-latency] may be artefacts of the replay: pass "
+                  "the pair's measured latency", style="bold yellow")
+
     def connection(self, conn: ConnReport) -> None:
         verdict = conn.verdict()
         status = f"DIVERGED ({', '.join(verdict)})" if verdict else "match"
+        if conn.latency_dependent:
+            status += ("  [depends on --checkpoint-latency: may be an artefact of the "
+                       "replay]")
         self.line(Text.assemble((format_key(conn.key), "bold"), "  ",
                                 (status, "bold red" if verdict else "green")))
         if conn.paired_from is not None:
@@ -95,6 +112,10 @@ class Renderer:
                      if conn.tally.released_by_checkpoint else "")
                   + (f"; {conn.tally.covered} secondary frames covered by a checkpoint"
                      if conn.tally.covered else "")
+                  + (f"; {conn.tally.trimmed} trimmed to the primary's progress at a "
+                     "checkpoint" if conn.tally.trimmed else "")
+                  + (f"; {conn.tally.resent} resent after a checkpoint"
+                     if conn.tally.resent else "")
                   + _dropped(conn))
         if conn.first_divergence is not None:
             self.divergence(conn.first_divergence)
@@ -150,6 +171,7 @@ class Renderer:
                   + f"; {rep.suppressed} further requests suppressed while one was pending")
         if rep.still_held:
             self.line(f"  {rep.still_held} frames were never released or dropped by the engine")
+        self.latency_note(rep)
         keyless = rep.keyless()
         if keyless:
             self.line("  checkpoints not tied to a connection:")

@@ -27,7 +27,7 @@ from ..compare.model import (
     Release,
     Side,
 )
-from .headers import TCP_FIN, TCP_RST, TCP_SYN, Headers
+from .headers import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Headers, parse, rebuild_tcp
 from .streams import Streams
 
 _EPSILON_MS = 0.001
@@ -79,6 +79,12 @@ class ConnTally:
     covered: int = 0
     """Secondary frames not replayed: the primary had sent that output before a
     checkpoint, which (in COLO) brings the secondary to the primary's state."""
+    trimmed: int = 0
+    """Secondary frames that straddled the primary's progress at a checkpoint: only their
+    bytes beyond it were replayed."""
+    resent: int = 0
+    """Frames replayed for the secondary after a checkpoint: the output it had sent
+    beyond the primary's progress (a synchronised secondary sends it again)."""
     dropped: dict[str, int] = field(default_factory=dict)
     undecided: int = 0
     """Frames the engine neither released nor dropped, even after the final timeouts."""
@@ -115,6 +121,7 @@ class Replay:
         self._tag = 0
         self._trigger: Output | None = None
         self._in_checkpoint = False
+        self._last_secondary: dict[ConnKey, Output] = {}
         self._synced: dict[ConnKey, tuple[int, int, int]] = {}
         """key -> the primary's (incarnation, stream end, control flags) at the last
         checkpoint, until the secondary's replayed output goes past it."""
@@ -191,6 +198,7 @@ class Replay:
                     self._in_checkpoint = False
                 self._stale.clear()
                 self._snapshot_primary()
+                self._resend_secondary(due)
                 continue
             if deadline is not None and deadline[0] <= until:
                 self._now = deadline[0]
@@ -210,20 +218,66 @@ class Replay:
                 self._synced[key] = (self.streams.current(key, Side.PRIMARY),
                                      stream.sent_end, stream.flags)
 
-    def _covered(self, out: Output, end: int | None) -> bool:
-        """A secondary frame whose output the primary had sent before the last checkpoint:
-        in COLO the synchronised secondary would not send it again."""
+    def _resend_secondary(self, now: float) -> None:
+        """A secondary that was ahead of the primary at the checkpoint: the engine forgot
+        its output beyond the primary's progress, which the synchronised secondary would
+        send again.  Replay that output (bytes, FIN) once, from the primary's point."""
+        for key, (incarnation, p_end, p_flags) in list(self._synced.items()):
+            stream = self.streams.get(key, Side.SECONDARY)
+            last = self._last_secondary.get(key)
+            if (stream is None or last is None or stream.base is None
+                    or self.streams.current(key, Side.SECONDARY) != incarnation
+                    or stream.sent_end <= p_end or last.headers.l4 < 0):
+                continue
+            data, have = stream.assemble()
+            payload = data[p_end:]
+            if have[p_end:].count(0):
+                continue  # a hole: the replay cannot know what the secondary sent
+            fin = bool(stream.flags & TCP_FIN) and stream.sent_end == len(data) + 1
+            flags = TCP_ACK | (0x08 if payload else 0) | (TCP_FIN if fin else 0)
+            frame = rebuild_tcp(last.data, last.headers, (stream.base + p_end) & 0xFFFFFFFF,
+                                payload, flags)
+            headers = parse(frame)
+            if headers is None:
+                continue
+            self._synced[key] = (incarnation, stream.sent_end, p_flags | stream.flags)
+            self._tally(last).resent += 1
+            self._feed(Output(now, Side.SECONDARY, last.index, frame, headers))
+
+    def _after_checkpoint(self, out: Output, end: int | None) -> Output | None:
+        """What to replay of a secondary frame after a checkpoint.
+
+        None: the primary had sent that output before the checkpoint, which (in COLO)
+        brings the secondary to the primary's state, so it would not send it again (pure
+        ACKs are always replayed: they carry the secondary's acknowledgements).  A
+        segment that straddles the primary's progress is trimmed to the bytes beyond it
+        (the engine anchors the secondary's first segment after a checkpoint at the
+        primary's next offset: untrimmed, its bytes would be compared at the wrong offset).
+        """
         key = out.headers.key
         synced = self._synced.get(key)
         if synced is None or end is None:
-            return False
+            return out
         incarnation, p_end, p_flags = synced
-        ctl = out.headers.flags & _CONTROL
-        if (self.streams.current(key, Side.SECONDARY) == incarnation and end <= p_end
-                and not ctl & ~p_flags):
-            return True
+        h = out.headers
+        if self.streams.current(key, Side.SECONDARY) != incarnation:
+            del self._synced[key]
+            return out
+        if not h.payload and not h.flags & _CONTROL:
+            return out  # a pure ACK: the secondary's acknowledgements still count
+        if end <= p_end and not h.flags & _CONTROL & ~p_flags:
+            return None
         del self._synced[key]  # past the sync point: compare from here on
-        return False
+        start = end - len(h.payload) - (1 if h.flags & TCP_FIN else 0)
+        if not h.payload or start >= p_end or h.l4 < 0:
+            return out
+        cut = min(p_end - start, len(h.payload))
+        frame = rebuild_tcp(out.data, h, h.seq + cut, h.payload[cut:], h.flags)
+        headers = parse(frame)
+        if headers is None:
+            return out
+        self._tally(out).trimmed += 1
+        return Output(out.time_ms, out.side, out.index, frame, headers)
 
     # -- main loop -------------------------------------------------------------
     def push(self, out: Output) -> None:
@@ -233,9 +287,17 @@ class Replay:
         tally.frames[out.side] += 1
         tally.bytes[out.side] += payload_len(out.headers)
         end = self.streams.add(out.side, out.headers, out.data)
-        if out.side == Side.SECONDARY and self._covered(out, end):
-            tally.covered += 1
-            return
+        if out.side == Side.SECONDARY:
+            if out.headers.tcp:
+                self._last_secondary[out.headers.key] = out
+            replay = self._after_checkpoint(out, end)
+            if replay is None:
+                tally.covered += 1
+                return
+            out = replay
+        self._feed(out)
+
+    def _feed(self, out: Output) -> None:
         self._tag += 1
         self._held[self._tag] = (out.time_ms, out)
         self._trigger = out

@@ -82,6 +82,9 @@ class ConnReport:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     first_divergence: DivergenceReport | None = None
     stream_first_difference: int | None = None
+    latency_dependent: bool = False
+    """The verdict differs at another modelled checkpoint latency: possibly an artefact
+    of the replay rather than a difference of the VMs."""
 
     def verdict(self) -> list[str]:
         """Why the connection counts as diverged (empty: it matched).  Anything the
@@ -114,7 +117,9 @@ class ConnReport:
             "paired_from": format_key(self.paired_from) if self.paired_from else None,
             "primary": {"frames": self.frames[0], "bytes": self.bytes[0]},
             "secondary": {"frames": self.frames[1], "bytes": self.bytes[1],
-                          "covered_by_checkpoint": self.tally.covered},
+                          "covered_by_checkpoint": self.tally.covered,
+                          "trimmed_at_checkpoint": self.tally.trimmed,
+                          "resent_after_checkpoint": self.tally.resent},
             "matched": {"frames": self.matched_frames, "bytes": self.matched_bytes},
             "released": {"uncompared": self.tally.uncompared,
                          "checkpoint": self.tally.released_by_checkpoint},
@@ -122,6 +127,7 @@ class ConnReport:
             "never_decided": self.tally.undecided,
             "diverged": self.diverged,
             "verdict": self.verdict(),
+            "latency_dependent": self.latency_dependent,
             "first_divergence": self.first_divergence.as_dict() if self.first_divergence else None,
             "stream_first_difference": self.stream_first_difference,
             "checkpoints": [checkpoint_dict(c) for c in self.checkpoints],
@@ -161,6 +167,8 @@ class Report:
     checkpoints_done: int
     counters: dict[str, object]
     still_held: int
+    sensitivity: dict[float, int] = field(default_factory=dict)
+    """Connections diverged at each modelled checkpoint latency (the chosen one first)."""
 
     def vm_addresses(self) -> list[str]:
         out: list[str] = []
@@ -207,6 +215,12 @@ class Report:
                 "checkpoints_done": self.checkpoints_done,
                 "secondary_frames_covered": sum(c.tally.covered for c in self.connections),
                 "frames_never_decided": self.still_held,
+                "secondary_frames_trimmed": sum(c.tally.trimmed for c in self.connections),
+                "secondary_frames_resent": sum(c.tally.resent for c in self.connections),
+                "connections_diverged_by_checkpoint_latency": {
+                    f"{k:g}": v for k, v in self.sensitivity.items()},
+                "connections_latency_dependent": sum(
+                    1 for c in self.connections if c.latency_dependent),
             },
             "connections": [c.as_dict() for c in self.connections],
             "checkpoints": [checkpoint_dict(c) for c in self.checkpoints],
@@ -317,10 +331,20 @@ def build_divergence(key: ConnKey, streams: Streams, checkpoint: Checkpoint | No
                             pbytes, sbytes, rows, pctx, sctx)
 
 
+def diverged_keys(result: ReplayResult) -> set[ConnKey]:
+    """The connections a replay finds diverged (the rules of ``ConnReport.verdict``)."""
+    keys = {c.request.key for c in result.checkpoints if c.request.key is not None}
+    for key, tally in result.tallies.items():
+        if tally.undecided or tally.dropped.get(str(DropReason.OVERFLOW)):
+            keys.add(key)
+    return keys
+
+
 def build_report(result: ReplayResult, *, primary: CaptureInfo, secondary: CaptureInfo,
                  vm: dict[str, object], config: dict[str, object], latency: float, align: str,
                  rewritten: int, paired_from: dict[ConnKey, ConnKey], suppressed: int,
-                 checkpoints_done: int, counters: dict[str, object]) -> Report:
+                 checkpoints_done: int, counters: dict[str, object],
+                 sensitivity: dict[float, set[ConnKey]] | None = None) -> Report:
     conns: list[ConnReport] = []
     by_key: dict[ConnKey, ConnReport] = {}
     for key, tally in sorted(result.tallies.items(), key=lambda kv: kv[1].first_time_ms):
@@ -347,5 +371,10 @@ def build_report(result: ReplayResult, *, primary: CaptureInfo, secondary: Captu
         first = next((c for c in conn.checkpoints if c.request.divergence is not None), None)
         fallback = conn.stream_first_difference if conn.checkpoints else None
         conn.first_divergence = build_divergence(conn.key, result.streams, first, fallback)
+    sensitivity = sensitivity or {}
+    for conn in conns:
+        conn.latency_dependent = any((conn.key in keys) != conn.diverged
+                                     for keys in sensitivity.values())
     return Report(primary, secondary, vm, config, latency, align, rewritten, conns,
-                  result.checkpoints, suppressed, checkpoints_done, counters, result.still_held)
+                  result.checkpoints, suppressed, checkpoints_done, counters, result.still_held,
+                  {k: len(v) for k, v in sensitivity.items()})
