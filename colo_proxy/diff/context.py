@@ -82,11 +82,14 @@ def _http_locate(stream: bytes, offset: int) -> tuple[str, str] | None:
 
 
 def decode_context(stream: bytes, offset: int, other: bytes | None = None,
-                   other_offset: int | None = None) -> Context | None:
+                   other_offset: int | None = None,
+                   realign: tuple[int, int] | None = None) -> Context | None:
     """The line of ``stream`` that holds ``offset``; None if the offset is past the data.
 
     ``other``/``other_offset``: the other side's stream and the offset aligned with
-    ``offset``, to mark the differing bytes."""
+    ``offset``, to mark the differing bytes.  ``realign``: ``(at, other_at)``, where the
+    streams line up again after an insertion or deletion: bytes from ``at`` on are
+    compared with ``other`` from ``other_at`` on."""
     if not 0 <= offset < len(stream):
         return None
     line_start = stream.rfind(b"\n", 0, offset) + 1
@@ -113,6 +116,8 @@ def decode_context(stream: bytes, offset: int, other: bytes | None = None,
             piece = ""  # the line terminator is implied
         if shift is not None and other is not None and piece:
             j = i + shift
+            if realign is not None and i >= realign[0]:
+                j = i + realign[1] - realign[0]
             if not 0 <= j < len(other) or other[j] != b:
                 if marks and marks[-1][1] == len(text):
                     marks[-1] = (marks[-1][0], len(text) + len(piece))

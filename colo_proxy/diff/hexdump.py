@@ -1,7 +1,8 @@
 """Side-by-side hexdump of two byte windows with the differing bytes marked.
 
 ``hexdump_rows`` does the comparison; ``render_plain`` marks differences with a
-``^^`` line under each row (for files and pipes), ``render_rich`` styles them.
+``^^`` line under each row (for files and pipes), ``render_rich`` styles them.  The
+offset column is decimal, like every other offset the report prints.
 A byte that was not captured (a hole in the reassembled stream) is ``None``.
 """
 
@@ -76,7 +77,7 @@ def _char(b: int | None) -> str:
 
 def _side(offset: int, data: tuple[int | None, ...], diff: tuple[bool, ...], width: int,
           styled: bool) -> Text:
-    text = Text(f"{offset:08x}  ")
+    text = Text(f"{offset:>8}  ")
     for i in range(width):
         if i < len(data):
             text.append(_hex(data[i]), style=DIFF_STYLE if styled and diff[i] else "")

@@ -122,6 +122,8 @@ class Replay:
         self._trigger: Output | None = None
         self._in_checkpoint = False
         self._last_secondary: dict[ConnKey, Output] = {}
+        self._resent_to: dict[tuple[ConnKey, int], int] = {}
+        """(key, incarnation) -> secondary stream end already resent (resend once)."""
         self._synced: dict[ConnKey, tuple[int, int, int]] = {}
         """key -> the primary's (incarnation, stream end, control flags) at the last
         checkpoint, until the secondary's replayed output goes past it."""
@@ -221,14 +223,17 @@ class Replay:
     def _resend_secondary(self, now: float) -> None:
         """A secondary that was ahead of the primary at the checkpoint: the engine forgot
         its output beyond the primary's progress, which the synchronised secondary would
-        send again.  Replay that output (bytes, FIN) once, from the primary's point."""
+        send again.  Replay that output (bytes, FIN) once, from the primary's point (if
+        it diverges, the checkpoint that follows does not resend it again)."""
         for key, (incarnation, p_end, p_flags) in list(self._synced.items()):
             stream = self.streams.get(key, Side.SECONDARY)
             last = self._last_secondary.get(key)
             if (stream is None or last is None or stream.base is None
                     or self.streams.current(key, Side.SECONDARY) != incarnation
-                    or stream.sent_end <= p_end or last.headers.l4 < 0):
+                    or stream.sent_end <= p_end or last.headers.l4 < 0
+                    or stream.sent_end <= self._resent_to.get((key, incarnation), -1)):
                 continue
+            self._resent_to[(key, incarnation)] = stream.sent_end
             data, have = stream.assemble()
             payload = data[p_end:]
             if have[p_end:].count(0):

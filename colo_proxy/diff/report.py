@@ -4,6 +4,7 @@ schema documented in docs/diff.md."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -35,6 +36,9 @@ class DivergenceReport:
     rows: list[HexRow]
     primary_context: Context | None
     secondary_context: Context | None
+    realigned: tuple[int, int] | None = None
+    """(primary, secondary) stream offsets where the streams line up again after an
+    insertion or deletion (the hexdump's later rows follow that alignment)."""
 
     def differing_offsets(self) -> list[int]:
         return [row.primary_offset + i for row in self.rows for i, d in enumerate(row.diff) if d]
@@ -63,6 +67,8 @@ class DivergenceReport:
                 "secondary": hexwin(Side.SECONDARY),
                 "differing_offsets": self.differing_offsets(),
             },
+            "realigned": None if self.realigned is None else {
+                "offset": self.realigned[0], "secondary_offset": self.realigned[1]},
             "context": {
                 "primary": self.primary_context.as_dict() if self.primary_context else None,
                 "secondary": self.secondary_context.as_dict() if self.secondary_context else None,
@@ -312,23 +318,64 @@ def build_divergence(key: ConnKey, streams: Streams, checkpoint: Checkpoint | No
         pbytes, sbytes = pdata[p_at:p_at + 64], sdata[s_at:s_at + 64]
     else:
         return None
+    realigned = None
     if p_at is not None and s_at is not None:
         p_start = max(0, (p_at // HEX_WIDTH - ROWS_BEFORE) * HEX_WIDTH)
         s_start = s_at - (p_at - p_start)
         if s_start < 0:
             p_start, s_start = p_start - s_start, 0
-        rows = hexdump_rows(window(pdata, phave, p_start, p_start + WINDOW_BYTES),
-                            window(sdata, shave, s_start, s_start + WINDOW_BYTES),
-                            p_start, s_start, HEX_WIDTH)
-        pctx = decode_context(pdata, p_at, sdata, s_at)
-        sctx = decode_context(sdata, s_at, pdata, p_at)
+        realigned = realignment(pdata, sdata, p_at, s_at)
+        rows = _rows((pdata, phave), (sdata, shave), p_start, s_start - p_start,
+                     realigned=realigned, p_at=p_at)
+        pctx = decode_context(pdata, p_at, sdata, s_at, realigned)
+        sctx = decode_context(sdata, s_at, pdata, p_at,
+                              None if realigned is None else (realigned[1], realigned[0]))
     else:  # not TCP, or not reassembled: what the engine reported
         assert d is not None
         rows = hexdump_rows(list(d.primary), list(d.secondary), d.offset, d.offset, HEX_WIDTH)
         pctx = decode_context(d.primary, 0, d.secondary, 0)
         sctx = decode_context(d.secondary, 0, d.primary, 0)
     return DivergenceReport(source, reason, time, d.offset if d else None, p_at, s_at,
-                            pbytes, sbytes, rows, pctx, sctx)
+                            pbytes, sbytes, rows, pctx, sctx, realigned)
+
+
+REALIGN_SEARCH = 256
+"""Bytes after a divergence searched for the point where the streams line up again."""
+REALIGN_RUN = 8
+"""Equal bytes needed to call the streams lined up again."""
+
+
+def realignment(pdata: bytes, sdata: bytes, p_at: int, s_at: int) -> tuple[int, int] | None:
+    """Where the streams line up again after the divergence at (p_at, s_at), if one side
+    holds bytes the other does not (an insertion): the first run of REALIGN_RUN equal
+    bytes at another shift.  None for a same-length difference (or no run found)."""
+    a = pdata[p_at:p_at + REALIGN_SEARCH]
+    b = sdata[s_at:s_at + REALIGN_SEARCH]
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    for i, j, size in matcher.get_matching_blocks():
+        if size >= REALIGN_RUN or (size and i + size == len(a) and j + size == len(b)):
+            return None if i == j else (p_at + i, s_at + j)
+    return None
+
+
+def _rows(primary: tuple[bytes, bytes], secondary: tuple[bytes, bytes], p_start: int,
+          shift: int, *, realigned: tuple[int, int] | None, p_at: int) -> list[HexRow]:
+    """The hexdump rows from ``p_start``, the secondary ``shift`` bytes off; the rows after
+    the divergence's row and from the realignment point on follow the new alignment (the
+    divergence's row shows the inserted bytes)."""
+    pdata, phave = primary
+    sdata, shave = secondary
+    rows: list[HexRow] = []
+    first_after = (p_at // HEX_WIDTH + 1) * HEX_WIDTH
+    for p in range(p_start, p_start + WINDOW_BYTES, HEX_WIDTH):
+        if realigned is not None and p >= max(realigned[0], first_after):
+            shift = realigned[1] - realigned[0]
+        s = p + shift
+        if s < 0:
+            continue
+        rows += hexdump_rows(window(pdata, phave, p, p + HEX_WIDTH),
+                             window(sdata, shave, s, s + HEX_WIDTH), p, s, HEX_WIDTH)
+    return rows
 
 
 def diverged_keys(result: ReplayResult) -> set[ConnKey]:

@@ -304,7 +304,7 @@ def test_token_page_diagnosis_text(token: Recording) -> None:
     block = lines[start:lines.index("", start)]
     assert any(f"payload-mismatch at stream offset {offset}" in line for line in block)
     # the hexdump row holding the divergence has a marker line under it
-    row = next(i for i, line in enumerate(block) if line.strip().startswith(f"{offset & ~7:08x}"))
+    row = next(i for i, line in enumerate(block) if line.split()[:1] == [str(offset & ~7)])
     assert "^^" in block[row + 1]
     # the decoded context names the HTTP body line and marks characters of the token
     ctx = next(i for i, line in enumerate(block) if "primary" in line and "HTTP body line" in line)

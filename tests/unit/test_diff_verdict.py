@@ -176,3 +176,36 @@ def test_broken_pipe_exits_quietly_with_zero(tmp_path: Path) -> None:
 def test_vm_address_in_the_reports_connection_lines(tmp_path: Path) -> None:
     p, s = write_pair(tmp_path, conversation(PAGE % b"AAAA"), conversation(PAGE % b"ZZZZ"))
     assert f"tcp {VM}:80 -> " in run(p, s).stdout
+
+
+def test_an_insertion_realigns_the_hexdump(tmp_path: Path) -> None:
+    # The secondary's token is 3 bytes longer: after those bytes the streams are equal
+    # again, and the rows after the divergence say so instead of marking every byte.
+    p, s = write_pair(tmp_path, conversation(PAGE % b"abcd"), conversation(PAGE % b"abcdXYZ"))
+    data = diff_json(p, s)
+    div = data["connections"][0]["first_divergence"]  # type: ignore[index]
+    at = len(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n") + PAGE.index(b"%s") + 4
+    assert div["offset"] == at
+    assert div["realigned"] == {"offset": at, "secondary_offset": at + 3}
+    # only the divergence's row has differing bytes
+    assert all(at <= m < (at // 8 + 1) * 8 for m in div["window"]["differing_offsets"])
+    assert div["context"]["secondary"]["marks"] == [[div["context"]["secondary"]["column"],
+                                                     div["context"]["secondary"]["column"] + 3]]
+    lines = run(p, s).stdout.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.split()[:1] == [str(at // 8 * 8)])
+    assert "^" in lines[row + 1]
+    after = lines[row + 2].split("|")
+    assert after[0].split()[0] == str(at // 8 * 8 + 8)
+    assert after[1].split()[0] == str(at // 8 * 8 + 8 + 3)
+    assert "^" not in lines[row + 3]
+
+
+def test_offsets_are_decimal_like_the_engine_detail(tmp_path: Path) -> None:
+    p, s = write_pair(tmp_path, conversation(PAGE % b"AAAA"), conversation(PAGE % b"ZZZZ"))
+    out = run(p, s).stdout
+    at = len(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n") + PAGE.index(b"%s")
+    assert f"at stream offset {at}," in out
+    assert f"differs at stream offset {at}" in out
+    rows = [line.split() for line in out.splitlines() if "|" in line and "offset" not in line
+            and "^" not in line]
+    assert [r[0] for r in rows][:2] == [str(at // 8 * 8 - 8), str(at // 8 * 8)]
