@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 from .engine_options import config_from_options, engine_options
+from .types import finite_float
 
 EXIT_MATCH = 0
 EXIT_DIVERGED = 1
@@ -28,7 +29,7 @@ EXIT_DIVERGED = 1
                    "Default: the address in the TCP server role.")
 @click.option("--vm-mac", "vm_macs", multiple=True, metavar="MAC",
               help="The VM's MAC: frames from it are its output (repeatable).")
-@click.option("--checkpoint-latency", type=click.FloatRange(min=0.0), default=50.0,
+@click.option("--checkpoint-latency", type=finite_float(min=0.0), default=50.0,
               show_default=True, metavar="MS",
               help="Modelled time from a checkpoint request to its completion.")
 @click.option("--exact-keys", is_flag=True,

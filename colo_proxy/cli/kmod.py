@@ -15,8 +15,10 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--kdir", type=_DIR, help="Kernel headers (default: /lib/modules/KVER/build).")
 @click.option("--destdir", type=_DIR,
               help="Install under DESTDIR/lib/modules/KVER (a staging tree) instead of /.")
-@click.option("--src", type=_DIR, help="Module source (default: kmod/nfnetlink_colo).")
-@click.option("--ko", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--src", type=_DIR,
+              help="Module source (default: the one shipped with this package, "
+                   "kmod/nfnetlink_colo of its checkout).")
+@click.option("--ko", type=click.Path(path_type=Path),
               help="Install this already built module (e.g. from make kmod) instead of "
                    "building; KVER defaults to the kernel it was built for.")
 def install(kver: str | None, kdir: Path | None, destdir: Path | None, src: Path | None,
@@ -28,7 +30,7 @@ def install(kver: str | None, kdir: Path | None, destdir: Path | None, src: Path
 
 
 @click.command()
-@click.option("--ko", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--ko", type=click.Path(path_type=Path),
               help="Load this built file (insmod, after its dependencies) instead of the "
                    "installed module.")
 @click.option("--root", type=_DIR,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
+from ..errors import ColoError
 from ..nl.model import STATS_FIELDS, Node
 
 _COLUMNS = ("index", "mode", "state", "owner", *STATS_FIELDS)
@@ -29,6 +31,20 @@ def render_table(nodes: list[Node]) -> str:
                      for r in rows)
 
 
+def module_missing_advice() -> str:
+    """What to do when the "colo" family is missing, for this kernel."""
+    from ..kmod.system import has_module_support
+
+    kver = os.uname().release
+    if has_module_support():
+        return ("module nf_colo is not loaded: run `colo-proxy load` "
+                "(after `colo-proxy install`)")
+    return (f"module nf_colo is not loaded, and kernel {kver} cannot load modules (no "
+            "/proc/modules): run it in a guest kernel, as docs/development.md shows: make kmod "
+            "&& GUEST_CMD='.venv/bin/colo-proxy load --ko $COLO_KO && .venv/bin/colo-proxy "
+            "status' scripts/guest-test.sh build 6.1")
+
+
 @click.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--netns", metavar="NAME", default=None,
@@ -36,9 +52,13 @@ def render_table(nodes: list[Node]) -> str:
 def status(as_json: bool, netns: str | None) -> None:
     """Show the kernel module's nodes and their counters (current netns)."""
     from ..nl import ColoClient
+    from ..nl.errors import FamilyMissingError
 
-    with ColoClient(netns=netns) as client:
-        nodes = sorted(client.dump(), key=lambda n: n.index)
+    try:
+        with ColoClient(netns=netns) as client:
+            nodes = sorted(client.dump(), key=lambda n: n.index)
+    except FamilyMissingError:
+        raise ColoError(module_missing_advice()) from None
     if as_json:
         click.echo(json.dumps({"nodes": [n.as_dict() for n in nodes]}, indent=2))
     else:

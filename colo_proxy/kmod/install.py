@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -10,14 +11,16 @@ from pathlib import Path
 
 from ..errors import ColoError, InputError
 from . import MODULE, tools
+from .modinfo import not_a_module, vermagic_release
 
 _BUILD_PRODUCTS = ("*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "modules.order",
                    "Module.symvers", "*.yaml", ".tmp_versions")
 
 
 def default_source() -> Path:
-    """kmod/nfnetlink_colo of the source tree this package runs from."""
-    return Path(__file__).resolve().parents[2] / "kmod" / MODULE
+    """The module source shipped with the package: ``colo_proxy/kmod/source``, a symlink
+    to kmod/nfnetlink_colo in a checkout, a copy of it in a wheel (package data)."""
+    return Path(__file__).resolve().parent / "source"
 
 
 def default_kdir(kver: str) -> Path:
@@ -36,7 +39,8 @@ def _check_inputs(kver: str, kdir: Path, src: Path) -> None:
         raise ColoError(f"kernel headers for {kver} not found in {kdir}: install them "
                         f"(apt-get install linux-headers-{kver}) or pass --kdir")
     if not (src / "Kbuild").is_file():
-        raise InputError(f"module source not found in {src} (no Kbuild file): pass --src")
+        raise InputError(f"module source not found in {src} (no Kbuild file): pass --src "
+                         "(kmod/nfnetlink_colo of a colo-proxy checkout)")
 
 
 def _build(kver: str, kdir: Path, src: Path, workdir: Path,
@@ -60,15 +64,26 @@ def _build(kver: str, kdir: Path, src: Path, workdir: Path,
     return built
 
 
+_RELEASE = re.compile(r"[0-9][A-Za-z0-9._+~-]*")
+"""A kernel release as uname -r prints it: no slash, no leading dot (no path tricks)."""
+
+
+def check_release(kver: str, what: str = "--kernel") -> str:
+    if not _RELEASE.fullmatch(kver) or ".." in kver:
+        raise InputError(f"{what} {kver!r} is not a kernel release "
+                         f"(like {os.uname().release})")
+    return kver
+
+
 def _vermagic(ko: Path) -> str:
-    result = tools.run(["modinfo", "-F", "vermagic", ko])
-    if result.returncode != 0 or not result.stdout.strip():
-        raise InputError(f"{ko}: not a kernel module ({tools.last_line(result.stderr)})")
-    return result.stdout.split(" ", 1)[0]
+    release = vermagic_release(ko)
+    if not _RELEASE.fullmatch(release) or ".." in release:
+        raise not_a_module(ko)
+    return release
 
 
 def _prebuilt(ko: Path, kver: str | None) -> tuple[str, list[Path]]:
-    if not ko.is_file():
+    if not ko.exists():
         raise InputError(f"{ko}: no such module file")
     built_for = _vermagic(ko)
     if kver is not None and built_for != kver:
@@ -104,6 +119,8 @@ def install(*, kver: str | None = None, kdir: Path | None = None, destdir: Path 
     if destdir is None and os.geteuid() != 0:
         raise ColoError("installing into /lib/modules needs root; run with sudo "
                         "or install into a staging tree with --destdir")
+    if kver is not None:
+        check_release(kver)
     if ko is not None:
         if kdir is not None or src is not None:
             raise InputError("--ko installs a built file: --kdir and --src do not apply")

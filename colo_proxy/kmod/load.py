@@ -7,13 +7,12 @@ from pathlib import Path
 
 from ..errors import ColoError, InputError
 from . import MODULE, system, tools
+from .modinfo import modinfo
 
 
 def _modinfo(ko: Path, field: str) -> str:
-    result = tools.run(["modinfo", "-F", field, ko])
-    if result.returncode != 0:
-        raise InputError(f"{ko}: not a kernel module ({tools.last_line(result.stderr)})")
-    return result.stdout.strip()
+    return modinfo(ko).get(field, "")
+
 
 
 def _load_dependencies(ko: Path) -> None:
@@ -62,7 +61,7 @@ def load(ko: Path | None = None, root: Path | None = None) -> str:
     from ``root``/lib/modules).  Returns what happened, in one line."""
     system.require_module_support()
     system.require_cap_sys_module("loading")
-    if ko is not None and not ko.is_file():
+    if ko is not None and not ko.exists():
         raise InputError(f"{ko}: no such module file")
     if root is not None and not (root / "lib" / "modules").is_dir():
         raise InputError(f"{root}: no lib/modules directory under it")

@@ -4,6 +4,7 @@ off); building and installing for another kernel into a staging tree still works
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,68 @@ def test_install_for_another_kernel_into_a_staging_tree(kver: str, tmp_path: Pat
                        "--destdir", str(tmp_path / "wrong"))
     assert wrong.returncode == 1
     assert f"was built for kernel {kver}, not 0.0.0-colot" in one_error_line(wrong)
+
+
+@pytest.mark.parametrize("kver", ["../../etc", "6.1/../../x", "", " 6.1", ".hidden", "6.1..2"])
+def test_install_rejects_a_kernel_that_is_not_a_release(kver: str, tmp_path: Path) -> None:
+    result = colo_proxy("install", "--kernel", kver, "--destdir", str(tmp_path))
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f"--kernel {kver!r} is not a kernel release" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_install_of_a_non_module_is_one_message(tmp_path: Path) -> None:
+    (tmp_path / "text.ko").write_text("not a module\n")
+    (tmp_path / "empty.ko").write_bytes(b"")
+    (tmp_path / "elf.ko").write_bytes(Path(sys.executable).resolve().read_bytes())
+    (tmp_path / "dir.ko").mkdir()
+    messages = set()
+    for name in ("text.ko", "empty.ko", "elf.ko", "dir.ko"):
+        # relative paths too: modinfo(8) took "text.ko" for the module named "text"
+        for arg in (name, str(tmp_path / name)):
+            result = subprocess.run([str(CLI), "install", "--ko", arg, "--destdir",
+                                     str(tmp_path / "dest")], capture_output=True, text=True,
+                                    check=False, cwd=tmp_path)
+            assert result.returncode == 2, result.stderr
+            messages.add(one_error_line(result).replace(arg, "FILE"))
+    assert messages == {"colo-proxy: error: FILE: not a kernel module (no ELF .modinfo section "
+                        "with a vermagic; pass a built .ko file)"}
+    assert not (tmp_path / "dest").exists()
+
+
+def test_install_works_from_an_installed_wheel(tmp_path: Path) -> None:
+    kvers = _installed_headers()
+    if not kvers:
+        pytest.skip("no kernel headers installed under /lib/modules/*/build")
+    repo = Path(__file__).resolve().parents[2]
+    tree = tmp_path / "tree"  # a copy: setuptools writes its build/ next to pyproject.toml
+    for name in ("pyproject.toml", "README.md"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, tree / name)
+    for name in ("colo_proxy", "kmod"):
+        shutil.copytree(repo / name, tree / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.o", "*.ko", ".*.cmd"))
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+                    str(tree)], check=True, capture_output=True, timeout=300)
+    [wheel] = wheels.glob("colo_proxy-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    [site] = venv.glob("lib/python3*/site-packages")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(site), str(wheel)], check=True, capture_output=True, timeout=300)
+    # the dependencies from the test venv; its editable colo_proxy stays out (a path entry
+    # in a .pth file does not run the .pth files of that directory)
+    import click
+    (site / "deps.pth").write_text(str(Path(click.__file__).parents[1]) + "\n")
+    python = venv / "bin" / "python"
+    where = subprocess.run([str(python), "-c", "import colo_proxy; print(colo_proxy.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert where.stdout.startswith(str(site))
+    result = subprocess.run([str(python), "-c", "from colo_proxy.cli import main; main()",
+                             "install", "--kernel", kvers[-1], "--destdir", str(tmp_path / "d")],
+                            capture_output=True, text=True, check=False, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "d" / "lib" / "modules" / kvers[-1] / "updates" / "nf_colo.ko").is_file()
