@@ -35,7 +35,7 @@ $(VENV)/.stamp: pyproject.toml
 	@echo "== venv: $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
 venv: $(VENV)/.stamp

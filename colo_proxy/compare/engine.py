@@ -55,6 +55,8 @@ class Engine(Core):
         super().__init__(config)
         self._conns: OrderedDict[tuple[object, ...], Conn] = OrderedDict()
         self._retired: OrderedDict[tuple[object, ...], Conn] = OrderedDict()
+        """Closed TCP connections, kept with their numbering so that late frames (the
+        final ACK, FIN and data retransmissions) are judged against it."""
         self._clock = -math.inf
         """The latest time seen by tick(), checkpoint_done() or a retirement."""
         self._fast_tcp: dict[bytes, TcpConn] = {}
@@ -62,8 +64,6 @@ class Engine(Core):
         """Connections of untagged IPv4 TCP/UDP by their address and port bytes (the
         12 bytes from the IP source address to the destination port), for push()'s fast
         path: a subset of ``_conns`` without passthrough connections."""
-        """Closed TCP connections, kept with their numbering so that late frames (the
-        final ACK, FIN and data retransmissions) are judged against it."""
 
     def push(
         self,

@@ -1,10 +1,11 @@
 """The nft part of the rule set: table ``inet colo_proxy`` via libnftables JSON.
 
-This host kernel has no ``nft queue`` (CONFIG_NFT_QUEUE is off), so the queue
-rules always come from iptables (whose NFQUEUE target also works with the nft
-backend, through nft_compat).  nft carries what it can do natively: the guard
-that drops SVM frames in input and forward, plus counters of SVM frames
-arriving on the forward link and of PVM output, readable as JSON.
+The queue rules always come from iptables: its NFQUEUE target works with both
+backends (through nft_compat for iptables-nft) and does not need ``nft queue``
+(CONFIG_NFT_QUEUE), which some kernels are built without.  nft carries what it
+can do natively: the guard that drops SVM frames in input and forward, plus
+counters of SVM frames arriving on the forward link and of PVM output, readable
+as JSON.
 """
 
 from __future__ import annotations

@@ -196,7 +196,8 @@ def _mirror(ip: IPRoute, ifname: str, to: str) -> None:
     """Copy every frame sent out ``ifname`` to the egress of ``to`` (tc mirred)."""
     index = _index(ip, ifname)
     ip.tc("add", "clsact", index)
-    # u32 "match anything" (this host kernel has no matchall classifier).
+    # u32 "match anything": needs no matchall classifier (CONFIG_NET_CLS_MATCHALL),
+    # which some kernels are built without.
     ip.tc("add-filter", "u32", index, parent=0xFFFFFFF3, prio=1, protocol=0x0003,
           keys=["0x0/0x0+0"], target=0x10001,
           action={"kind": "mirred", "direction": "egress", "action": "mirror",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -176,15 +175,6 @@ def run_engine(sc: Scenario, config: Config | None = None) -> tuple[list[Phase],
             record(list(engine.push(side, sc.frames[step], now, step)))
     phases.append(current)
     return phases, decisions
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _engine_available() -> Iterator[None]:
-    try:
-        Engine(Config()).tick(0.0)
-    except NotImplementedError:
-        pytest.skip("colo_proxy.compare.Engine is not implemented yet")
-    yield
 
 
 # -- scenarios where both agree --------------------------------------------------
