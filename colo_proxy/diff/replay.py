@@ -27,7 +27,16 @@ from ..compare.model import (
     Release,
     Side,
 )
-from .headers import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Headers, parse, rebuild_tcp
+from .headers import (
+    CONTROL,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    Headers,
+    parse,
+    rebuild_tcp,
+)
 from .streams import Streams
 
 _EPSILON_MS = 0.001
@@ -74,7 +83,7 @@ class ConnTally:
     matched_bytes: int = 0
     """Payload bytes of those frames."""
     uncompared: int = 0
-    """Primary frames released without comparison: passthrough rules, non-IP (L2 control)."""
+    """Primary frames released without comparison: passthrough rules, L2 control frames."""
     released_by_checkpoint: int = 0
     covered: int = 0
     """Secondary frames not replayed: the primary had sent that output before a
@@ -162,7 +171,9 @@ class Replay:
                 tally.dropped[reason] = tally.dropped.get(reason, 0) + 1
 
     def _uncompared(self, h: Headers) -> bool:
-        if not h.ip:
+        """Released without a comparison: L2 control frames (ARP, ND, LLDP, ...) and the
+        flows of a passthrough rule.  Other non-IP and malformed frames are compared."""
+        if h.kind == CONTROL:
             return True
         rules = self.engine.config.passthrough
         return bool(rules) and any(r.matches(h.key) for r in rules)

@@ -209,3 +209,22 @@ def test_offsets_are_decimal_like_the_engine_detail(tmp_path: Path) -> None:
     rows = [line.split() for line in out.splitlines() if "|" in line and "offset" not in line
             and "^" not in line]
     assert [r[0] for r in rows][:2] == [str(at // 8 * 8 - 8), str(at // 8 * 8)]
+
+
+def test_non_ip_frames_are_compared_and_control_frames_are_not(tmp_path: Path) -> None:
+    # The engine compares an unknown EtherType (FIFO) and releases ARP uncompared; the
+    # report's counts follow the engine's classes.
+    def extra(payload: bytes) -> list[Packet]:
+        local = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x88B5) / payload
+        arp = Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=VM)
+        local.time, arp.time = 1000.05, 1000.06
+        return [local, arp]
+
+    p, s = write_pair(tmp_path, conversation(PAGE % b"same") + extra(b"x" * 50),
+                      conversation(PAGE % b"same") + extra(b"x" * 50))
+    data = diff_json("--vm-mac", "02:00:00:00:00:01", p, s)
+    conns = {c["connection"]: c for c in data["connections"]}  # type: ignore[attr-defined]
+    assert conns["ethertype 0x88b5"]["matched"]["frames"] == 1
+    assert conns["ethertype 0x88b5"]["released"]["uncompared"] == 0
+    assert conns["ethertype 0x0806"]["released"]["uncompared"] == 1
+    assert conns["ethertype 0x0806"]["matched"]["frames"] == 0
