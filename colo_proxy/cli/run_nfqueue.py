@@ -9,6 +9,7 @@ import click
 
 from ..compare.model import Config
 from ..errors import InputError
+from .types import finite_float
 
 OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--netns", metavar="NAME",
@@ -38,7 +39,7 @@ OPTIONS: list[Callable[[Any], Any]] = [
                  help="[nfqueue] Shell command per checkpoint request (env COLO_REASON, "
                       "COLO_KEY, COLO_DETAIL); implies --checkpoint cmd."),
     click.option("--events", metavar="FILE|-", help="[nfqueue] Write JSON-lines events here."),
-    click.option("--stats-interval", type=click.FloatRange(min=0.01), default=0.5,
+    click.option("--stats-interval", type=finite_float(min=0.01), default=0.5,
                  show_default=True, help="[nfqueue] Seconds between stats events."),
 ]
 

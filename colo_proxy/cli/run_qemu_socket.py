@@ -13,6 +13,7 @@ import click
 from ..compare.model import Config
 from ..datapath.endpoints import parse_endpoint
 from ..errors import ColoError, InputError
+from .types import finite_float
 
 _VNET_NAMES = ("primary-in", "secondary-in", "outdev")
 
@@ -34,7 +35,7 @@ OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--on-checkpoint", metavar="CMD",
                  help="[qemu-socket] Shell command run per checkpoint request; without "
                       "--notify-dev its exit status 0 means the checkpoint is done."),
-    click.option("--expired-scan-cycle", type=click.FloatRange(min=1.0), default=100.0,
+    click.option("--expired-scan-cycle", type=finite_float(min=1.0), default=100.0,
                  show_default=True,
                  help="[qemu-socket] ms between timeout scans of the held frames."),
     click.option("--held-on-exit", type=click.Choice(["flush", "drop"]), default="flush",
