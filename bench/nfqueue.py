@@ -124,7 +124,7 @@ def udp_rr(topo: Topology, count: int, size: int = 64) -> dict[str, float]:
 
 
 def start_datapath(topo: Topology, events: Path) -> subprocess.Popen[bytes]:
-    argv = [str(Path(sys.executable).parent / "colo-proxy"), "run", "--datapath", "nfqueue",
+    argv = [str(Path(sys.executable).parent / "colo-proxy"), "run", "nfqueue",
             "--netns", topo.phost, "--pvm-if", topo.phost_pvm_if, "--fwd-if", topo.phost_fwd_if,
             "--events", str(events), "--stats-interval", "1"]
     proc = subprocess.Popen(argv)
