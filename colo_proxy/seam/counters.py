@@ -19,6 +19,8 @@ class SeamCounters:
     """Completions reported by the policy (each one flushed the engine)."""
     checkpoint_failures: int = 0
     """Failed attempts reported by the policy (it retries)."""
+    checkpoints_overdue: int = 0
+    """Reports of a request not completed within the compare timeout (one per timeout)."""
     released_frames: int = 0
     released_bytes: int = 0
     """Primary frames (and their bytes) the engine released, exit included."""
@@ -44,6 +46,7 @@ class SeamCounters:
             "checkpoint_requests": dict(self.checkpoint_requests),
             "checkpoints_done": self.checkpoints_done,
             "checkpoint_failures": self.checkpoint_failures,
+            "checkpoints_overdue": self.checkpoints_overdue,
             "released_frames": self.released_frames,
             "released_bytes": self.released_bytes,
             "delivered_frames": self.delivered_frames,

@@ -61,6 +61,9 @@ class Seam:
         self.log = log or (lambda line: None)
         self._polling = False
         self._settled = False
+        self._requested_at: float | None = None
+        """Clock (ms) of the request the policy is working on; None when none is."""
+        self._overdue_at = 0.0
 
     # -- decisions ---------------------------------------------------------------
 
@@ -105,6 +108,9 @@ class Seam:
                  f"{f' ({req.detail})' if req.detail else ''}")
         self.events.emit("checkpoint-request", **request_record(req), policy=self.policy.name,
                          note=self.policy.note)
+        now = self.clock_ms()
+        self._requested_at = now
+        self._overdue_at = now + self.engine.config.compare_timeout_ms
         self.policy.request(req)
 
     # -- checkpoints -------------------------------------------------------------
@@ -136,6 +142,7 @@ class Seam:
         """The checkpoint is complete: flush the engine and route its decisions."""
         decisions = self.engine.checkpoint_done(self.clock_ms())
         self.counters.checkpoints_done += 1
+        self._requested_at = None
         released = sum(1 for d in decisions if type(d) is Release)
         self.handle(decisions)
         self.events.emit("checkpoint-done", released=released,
@@ -143,9 +150,31 @@ class Seam:
                          note=note or self.policy.note)
 
     def tick(self) -> None:
-        """Timer: the engine's timeout check, then the policy."""
-        self.handle(self.engine.tick(self.clock_ms()))
+        """Timer: the engine's timeout check, then the policy, then the overdue check."""
+        now = self.clock_ms()
+        self.handle(self.engine.tick(now))
         self.poll()
+        if self._requested_at is not None and now >= self._overdue_at and not self._settled:
+            self._overdue(now)
+
+    def _overdue(self, now: float) -> None:
+        """The policy has not completed a request within the compare timeout.  While a
+        request is outstanding the engine asks for no other one (a later frame's timeout
+        is not even counted: ``Core.check_timeout`` returns while one is pending), so
+        without this report a
+        slow or lost checkpoint holds frames well past the timeout with nothing
+        logged; this makes it visible, once per compare timeout."""
+        assert self._requested_at is not None
+        self._overdue_at = now + self.engine.config.compare_timeout_ms
+        self.counters.checkpoints_overdue += 1
+        waited = now - self._requested_at
+        held_p, held_s = self.held()
+        self.log(f"checkpoint overdue: {self.policy.name} has not completed the request "
+                 f"of {waited:.0f} ms ago; holding {held_p} primary and {held_s} secondary "
+                 f"frames ({self.engine.stats.requests_suppressed} later requests suppressed)")
+        self.events.emit("checkpoint-overdue", waited_ms=round(waited, 3),
+                         policy=self.policy.name, held_primary=held_p, held_secondary=held_s,
+                         requests_suppressed=self.engine.stats.requests_suppressed)
 
     # -- exit --------------------------------------------------------------------
 

@@ -208,3 +208,36 @@ def test_stdout_events_survive_a_closed_reader(monkeypatch: pytest.MonkeyPatch) 
     events = EventWriter("-")
     events.emit("ready")
     assert not events.enabled
+
+
+def test_a_request_the_policy_does_not_complete_is_reported_overdue(tmp_path: Path) -> None:
+    """The 5357 ms stall (issue 8): frames held past the compare timeout with no
+    request logged, because one request was outstanding and the engine suppresses
+    every later one.  The seam reports the outstanding request once per timeout."""
+    agent = AgentLike()
+    engine = Engine(Config(compare_timeout_ms=1000.0))
+    clock = [0.0]
+    lines: list[str] = []
+    seam = Seam(engine, agent, Recorder(), events=EventWriter(str(tmp_path / "ev.jsonl")),
+                clock_ms=lambda: clock[0], log=lines.append)
+    seam.handle(engine.push(Side.PRIMARY, udp(b"pvm"), 0.0, "p1"))
+    seam.handle(engine.push(Side.SECONDARY, udp(b"svm"), 0.0, None))
+    assert len(agent.requests) == 1
+    clock[0] = 500.0
+    seam.handle(engine.push(Side.PRIMARY, udp(b"echo reply", 6000), 500.0, "p2"))
+    clock[0] = 999.0
+    seam.tick()
+    assert seam.counters.checkpoints_overdue == 0
+    clock[0] = 1600.0  # p2 is past the timeout too; the engine asks nothing new
+    seam.tick()
+    assert len(agent.requests) == 1
+    assert seam.counters.checkpoints_overdue == 1
+    seam.tick()
+    assert seam.counters.checkpoints_overdue == 1  # once per compare timeout
+    overdue = [e for e in _events(tmp_path / "ev.jsonl") if e["event"] == "checkpoint-overdue"]
+    assert overdue[0]["held_primary"] == 2 and overdue[0]["waited_ms"] == 1600.0
+    assert any(line.startswith("checkpoint overdue: agent") for line in lines)
+    agent.finished = True
+    clock[0] = 5000.0
+    seam.tick()
+    assert seam.counters.checkpoints_overdue == 1  # done: nothing outstanding
