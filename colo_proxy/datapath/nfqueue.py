@@ -114,7 +114,7 @@ class NfqueueDatapath:
             CommandPolicy(settings.checkpoint_cmd) if settings.checkpoint == "cmd"
             and settings.checkpoint_cmd else FlushPolicy())
         self.seam = Seam(self.engine, self.policy, self, events=self.events,
-                         clock_ms=self.now_ms, log=log.debug)
+                         clock_ms=self.now_ms, log=log.debug, warn=log.warning)
         self.counters = self.seam.counters
         for name in ("verdict_msgs", "batch_msgs", "accepted", "dropped_primary",
                      "dropped_secondary", "exit_unread_primary", "exit_unread_secondary"):

@@ -162,7 +162,8 @@ class QemuSocketDatapath:
                        if settings.notify is not None else None)
         self.policy = self._policy()
         self.events = EventWriter(settings.events)
-        self.seam = Seam(engine, self.policy, self, events=self.events, log=log.info)
+        self.seam = Seam(engine, self.policy, self, events=self.events, log=log.info,
+                         warn=log.warning)
         self.counters = self.seam.counters
         self._out_vnet = "outdev" in vnet
         self._backlog: list[bytes] = []

@@ -50,7 +50,8 @@ class Seam:
     def __init__(self, engine: Engine, policy: CheckpointPolicy, io: DatapathIO,
                  *, events: EventWriter | None = None,
                  clock_ms: Callable[[], float] | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.engine = engine
         self.policy = policy
         self.io = io
@@ -59,6 +60,9 @@ class Seam:
         self.latency = LatencyHistogram(keep_window=self.events.enabled)
         self.clock_ms = clock_ms or (lambda: time.monotonic() * 1000.0)
         self.log = log or (lambda line: None)
+        """Per-request lines (checkpoint requested/failed)."""
+        self.warn = warn or self.log
+        """Lines an operator must see (checkpoint overdue)."""
         self._polling = False
         self._settled = False
         self._requested_at: float | None = None
@@ -169,7 +173,7 @@ class Seam:
         self.counters.checkpoints_overdue += 1
         waited = now - self._requested_at
         held_p, held_s = self.held()
-        self.log(f"checkpoint overdue: {self.policy.name} has not completed the request "
+        self.warn(f"checkpoint overdue: {self.policy.name} has not completed the request "
                  f"of {waited:.0f} ms ago; holding {held_p} primary and {held_s} secondary "
                  f"frames ({self.engine.stats.requests_suppressed} later requests suppressed)")
         self.events.emit("checkpoint-overdue", waited_ms=round(waited, 3),
