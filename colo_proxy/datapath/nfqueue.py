@@ -105,12 +105,15 @@ class _Queue:
 class NfqueueDatapath:
     """The NFQUEUE I/O; decisions become verdicts through the seam (DatapathIO)."""
 
-    def __init__(self, settings: NfqueueSettings, config: Config) -> None:
+    def __init__(self, settings: NfqueueSettings, config: Config,
+                 policy: CheckpointPolicy | None = None) -> None:
+        """``policy``: a checkpoint policy object (e.g. the QMP agent's) instead of
+        the one the settings name."""
         self.s = settings
         self.engine = Engine(config)
         self.events = EventWriter(settings.events)
         self.start = time.monotonic()
-        self.policy: CheckpointPolicy = (
+        self.policy: CheckpointPolicy = policy if policy is not None else (
             CommandPolicy(settings.checkpoint_cmd) if settings.checkpoint == "cmd"
             and settings.checkpoint_cmd else FlushPolicy())
         self.seam = Seam(self.engine, self.policy, self, events=self.events,

@@ -149,7 +149,10 @@ class NotifyPolicy:
 class QemuSocketDatapath:
     """Wires the links to the Engine and the seam.  ``await run()`` until ``stop()``."""
 
-    def __init__(self, engine: Engine, settings: QemuSocketSettings) -> None:
+    def __init__(self, engine: Engine, settings: QemuSocketSettings,
+                 policy: CheckpointPolicy | None = None) -> None:
+        """``policy``: a checkpoint policy object (e.g. the QMP agent's) instead of
+        the one the settings name."""
         self.engine = engine
         self.settings = settings
         vnet = settings.vnet_hdr
@@ -160,7 +163,7 @@ class QemuSocketDatapath:
         self.outdev = Link("outdev", settings.outdev, "outdev" in vnet)
         self.notify = (Link("notify", settings.notify, False, self._notify_frames)
                        if settings.notify is not None else None)
-        self.policy = self._policy()
+        self.policy = policy if policy is not None else self._policy()
         self.events = EventWriter(settings.events)
         self.seam = Seam(engine, self.policy, self, events=self.events, log=log.info,
                          warn=log.warning)
