@@ -67,3 +67,12 @@ def test_qemu_socket_bind_failure_names_option_and_endpoint() -> None:
     assert result.output.strip().splitlines()[-1] == (
         "colo-proxy: error: --outdev unix:/nonexistent-colot/o.sock,server: cannot listen: "
         "No such file or directory")
+
+
+def test_nfqueue_missing_interface_is_one_line_input_error() -> None:
+    # Checked before any queue is bound or rule installed (no root needed to get here).
+    result = CliRunner().invoke(main, ["run", "nfqueue", "--pvm-if", "colot-nosuch0",
+                                       "--fwd-if", "lo", "--rules", "none"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "colo-proxy: error: --pvm-if colot-nosuch0: no such interface")
