@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef int8_t s8;
 typedef uint8_t u8;
 typedef uint16_t u16;
 typedef uint32_t u32;

@@ -39,7 +39,7 @@ static void key_addrs(struct colo_cmp_key *k, const u8 *src, const u8 *dst, u8 a
 
 static void set_fifo(struct colo_cmp_pkt *pkt, const u8 *body, u32 body_len)
 {
-	pkt->cls = CMP_FIFO;
+	pkt->cls = COLO_CMP_FIFO;
 	pkt->body = body;
 	pkt->body_len = body_len;
 }
@@ -57,7 +57,7 @@ static void opaque(struct colo_cmp_pkt *pkt, const u8 *frame, u32 len, u32 off, 
 static void control(struct colo_cmp_pkt *pkt, s64 vlan, u16 l3)
 {
 	key_init(&pkt->key, vlan, l3);
-	pkt->cls = CMP_CONTROL;
+	pkt->cls = COLO_CMP_CONTROL;
 }
 
 static void tcp(struct colo_cmp_pkt *pkt, const u8 *frame, u32 len, u32 off, u32 l4, u32 end,
@@ -74,7 +74,7 @@ static void tcp(struct colo_cmp_pkt *pkt, const u8 *frame, u32 len, u32 off, u32
 		opaque(pkt, frame, len, off, pkt->key.vlan, et, true);
 		return;
 	}
-	pkt->cls = CMP_TCP;
+	pkt->cls = COLO_CMP_TCP;
 	pkt->key.proto = 6;
 	pkt->key.sport = cmp_be16(frame + l4);
 	pkt->key.dport = cmp_be16(frame + l4 + 2);
@@ -213,7 +213,7 @@ static void ip6(struct colo_cmp_pkt *pkt, const u8 *frame, u32 len, u32 off, u32
 	key_init(&pkt->key, vlan, 6);
 	key_addrs(&pkt->key, frame + l3 + 8, frame + l3 + 24, 16);
 	p = l3 + 40;
-	for (i = 0; i < CMP_MAX_IP6_EXT; i++) {
+	for (i = 0; i < COLO_CMP_MAX_IP6_EXT; i++) {
 		if (nh == 0 || nh == 43 || nh == 60 || nh == 51) {
 			if (end - p < 8)
 				goto bad;
@@ -240,7 +240,7 @@ static void ip6(struct colo_cmp_pkt *pkt, const u8 *frame, u32 len, u32 off, u32
 			break;
 		}
 	}
-	if (i == CMP_MAX_IP6_EXT)
+	if (i == COLO_CMP_MAX_IP6_EXT)
 		goto bad;
 	if (nh == 6) {
 		tcp(pkt, frame, len, off, p, end, ET_IP6);
@@ -252,7 +252,7 @@ static void ip6(struct colo_cmp_pkt *pkt, const u8 *frame, u32 len, u32 off, u32
 	}
 	if (nh == 58) {
 		if (end - p >= 4 && is_nd(frame[p])) {
-			pkt->cls = CMP_CONTROL;
+			pkt->cls = COLO_CMP_CONTROL;
 			pkt->key.proto = 58;
 			return;
 		}
@@ -279,25 +279,25 @@ void colo_cmp_parse(const u8 *frame, u32 len, s32 vnet_hdr_len, struct colo_cmp_
 {
 	u32 off, l3;
 	unsigned int tags;
-	s64 vlan = CMP_VLAN_NONE;
+	s64 vlan = COLO_CMP_VLAN_NONE;
 	u16 et;
 
 	memset(pkt, 0, sizeof(*pkt));
 	if (vnet_hdr_len < 0 || (u32)vnet_hdr_len > len) {
 		if (!len) {
-			pkt->cls = CMP_EMPTY;
+			pkt->cls = COLO_CMP_EMPTY;
 			return;
 		}
-		opaque(pkt, frame, len, 0, CMP_VLAN_NONE, CMP_RAW_L3, true);
+		opaque(pkt, frame, len, 0, COLO_CMP_VLAN_NONE, COLO_CMP_RAW_L3, true);
 		return;
 	}
 	off = (u32)vnet_hdr_len;
 	if (off == len) {
-		pkt->cls = CMP_EMPTY;
+		pkt->cls = COLO_CMP_EMPTY;
 		return;
 	}
 	if (len - off < ETH_HLEN_) {
-		opaque(pkt, frame, len, off, CMP_VLAN_NONE, CMP_RAW_L3, true);
+		opaque(pkt, frame, len, off, COLO_CMP_VLAN_NONE, COLO_CMP_RAW_L3, true);
 		return;
 	}
 	et = cmp_be16(frame + off + 12);
@@ -306,8 +306,8 @@ void colo_cmp_parse(const u8 *frame, u32 len, s32 vnet_hdr_len, struct colo_cmp_
 		tags = 0;
 		vlan = 0;
 		while (is_vlan_tpid(et)) {
-			if (tags == CMP_MAX_VLAN_TAGS || len - l3 < 4) {
-				opaque(pkt, frame, len, off, tags ? vlan : CMP_VLAN_NONE, et, true);
+			if (tags == COLO_CMP_MAX_VLAN_TAGS || len - l3 < 4) {
+				opaque(pkt, frame, len, off, tags ? vlan : COLO_CMP_VLAN_NONE, et, true);
 				return;
 			}
 			vlan = (vlan << 12) | (cmp_be16(frame + l3) & 0xFFF);
@@ -317,7 +317,7 @@ void colo_cmp_parse(const u8 *frame, u32 len, s32 vnet_hdr_len, struct colo_cmp_
 		}
 	}
 	if (frame[off] == 1 && !memcmp(frame + off, link_local_mac, sizeof(link_local_mac))) {
-		control(pkt, vlan, et >= 0x600 ? et : CMP_RAW_L3);
+		control(pkt, vlan, et >= 0x600 ? et : COLO_CMP_RAW_L3);
 		return;
 	}
 	if (et == ET_IP4) {
@@ -332,7 +332,7 @@ void colo_cmp_parse(const u8 *frame, u32 len, s32 vnet_hdr_len, struct colo_cmp_
 		control(pkt, vlan, et);
 		return;
 	}
-	opaque(pkt, frame, len, off, vlan, et < 0x600 ? CMP_RAW_L3 : et, false);
+	opaque(pkt, frame, len, off, vlan, et < 0x600 ? COLO_CMP_RAW_L3 : et, false);
 }
 
 bool colo_cmp_bytes_equal(const struct colo_cmp_bytes *a, const struct colo_cmp_bytes *b)
