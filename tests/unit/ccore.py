@@ -35,14 +35,14 @@ SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
 
 
 def sources() -> list[Path]:
-    return sorted(SRC.glob("cmp_*.c"))
+    return [*sorted(SRC.glob("cmp_*.c")), SRC / "xlate.c"]
 
 
 def build(sanitize: bool = False) -> Path:
     """Compile the core; return the shared library's path."""
     flags = CFLAGS + (SANITIZE if sanitize else [])
     digest = hashlib.sha256(" ".join(flags).encode())
-    for path in sorted(SRC.glob("cmp*.[ch]")):
+    for path in [*sorted(SRC.glob("cmp*.[ch]")), SRC / "xlate.c", SRC / "xlate.h"]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     out = REPO / "build" / "ccore" / digest.hexdigest()[:16]
     lib = out / ("libcolocmp-san.so" if sanitize else "libcolocmp.so")
@@ -149,7 +149,39 @@ def library(sanitize: bool = False) -> ctypes.CDLL:
     lib.colo_cmp_engine_pending.restype = ctypes.c_bool
     lib.colo_cmp_engine_free.argtypes = [ctypes.c_void_p]
     lib.colo_cmp_engine_free.restype = None
+    for name in ("colo_xlate_from_svm", "colo_xlate_to_svm"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.POINTER(XlateFlow), ctypes.c_char_p, ctypes.c_uint32,
+                       ctypes.POINTER(XlateEdit), ctypes.POINTER(ctypes.c_uint)]
+        fn.restype = ctypes.c_int
     return lib
+
+
+class XlateFlow(ctypes.Structure):
+    _fields_ = [("sec_isn", ctypes.c_uint32), ("pri_isn", ctypes.c_uint32),
+                ("offset", ctypes.c_uint32), ("have_sec", ctypes.c_bool),
+                ("have_pri", ctypes.c_bool), ("active", ctypes.c_bool),
+                ("translated", ctypes.c_uint64)]
+
+
+class XlateEdit(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint16), ("from_", ctypes.c_uint32), ("to", ctypes.c_uint32)]
+
+
+XLATE_PASS, XLATE_HOLD, XLATE_BAD = 0, 1, 2
+
+
+def xlate(direction: str, flow: XlateFlow, tcp_header: bytes,
+          lib: ctypes.CDLL | None = None) -> tuple[int, list[tuple[int, int, int]]]:
+    """Run colo_xlate_from_svm ("from_svm") or colo_xlate_to_svm ("to_svm") on a TCP
+    header (and whatever follows it); returns the verdict and the edits
+    ``(offset, from, to)``."""
+    lib = lib or library()
+    edits = (XlateEdit * 10)()
+    n = ctypes.c_uint()
+    fn = getattr(lib, f"colo_xlate_{direction}")
+    verdict = fn(ctypes.byref(flow), tcp_header, len(tcp_header), edits, ctypes.byref(n))
+    return verdict, [(e.off, e.from_, e.to) for e in edits[:n.value]]
 
 
 REASONS = [r.value for r in Reason]

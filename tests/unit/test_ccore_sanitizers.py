@@ -1,6 +1,7 @@
 """The C compare core under AddressSanitizer and UndefinedBehaviorSanitizer: random and
-mangled frames of every protocol through the parser and the engine, in a child
-process that preloads libasan (a sanitizer report aborts it)."""
+mangled frames of every protocol through the parser and the engine, and random TCP
+headers through the secondary's sequence translation, in a child process that preloads
+libasan (a sanitizer report aborts it)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ FUZZ = textwrap.dedent("""
             engine.checkpoint_done(now)
     engine.checkpoint_done(now + 1)
     engine.close()
+    for i in range({frames}):
+        flow = ccore.XlateFlow(sec_isn=rng.randrange(1 << 32), pri_isn=rng.randrange(1 << 32),
+                               offset=rng.randrange(1 << 32), have_sec=rng.random() < 0.5,
+                               have_pri=rng.random() < 0.5, active=rng.random() < 0.5)
+        header = bytes(rng.randrange(256) for _ in range(rng.randrange(80)))
+        ccore.xlate(rng.choice(["to_svm", "from_svm"]), flow, header, lib)
     print("sanitized frames:", {frames})
 """)
 
