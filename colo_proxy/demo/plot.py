@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from ..errors import ColoError, InputError
+from .latency import fmt_ms
 from .state import DemoSnapshot
 
 
@@ -36,25 +37,32 @@ def write_plot(path: str, snap: DemoSnapshot, summary: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     base = snap.baseline
-    widths = [max(snap.elapsed, 1.0)] + ([max(float(base[-1]["t"]), 1.0)] if base else [])
+    # Time runs at the same scale in both panels, but the baseline's keeps room for
+    # its title.
+    prot_width = max(snap.elapsed, 1.0)
+    widths = [prot_width] + ([max(float(base[-1]["t"]), 0.3 * prot_width)] if base else [])
     fig, axes = plt.subplots(1, len(widths), sharey=True, figsize=(11, 5),
                              gridspec_kw={"width_ratios": widths}, squeeze=False)
     prot_ax = axes[0][0]
     lat = summary["request_latency_ms"]
-    for ax, requests, clock, title, stats in (
+    for ax, requests, clock, name, stats in (
             (prot_ax, snap.requests, "demo_t", f"protected ({summary['datapath']} datapath)",
              lat["protected"]),
-            *([(axes[0][1], base, "t", "unprotected baseline (no datapath)", lat["baseline"])]
+            *([(axes[0][1], base, "t", "unprotected (no datapath)", lat["baseline"])]
               if base else [])):
+        title = name
+        first = ax is prot_ax  # one legend for the figure: label the first panel's
         x, y = _points(requests, clock, {"keepalive", "new"})
-        ax.scatter(x, y, s=8, color="tab:blue", alpha=0.6, label="deterministic request")
+        ax.scatter(x, y, s=8, color="tab:blue", alpha=0.6,
+                   label="deterministic request" if first else None)
         x, y = _points(requests, clock, {"token"})
         ax.scatter(x, y, s=40, marker="^", color="tab:orange",
-                   label="/session request (random token)")
+                   label="/session request (random token)" if first else None)
         if stats.get("p50") is not None:
             ax.axhline(stats["p50"], color="tab:green", linestyle="--", linewidth=1,
-                       label=f"median {stats['p50']:.2f} ms")
-        ax.set_title(title)
+                       label="median" if first else None)
+            title += f"\np50 {fmt_ms(stats['p50'])}, p99 {fmt_ms(stats.get('p99'))}"
+        ax.set_title(title, fontsize="medium")
         ax.set_xlabel("seconds")
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
@@ -62,11 +70,10 @@ def write_plot(path: str, snap: DemoSnapshot, summary: dict[str, Any]) -> None:
         prot_ax.axvline(t, color="tab:red", alpha=0.7, linewidth=1,
                         label="checkpoint request (flush)" if i == 0 else None)
     prot_ax.set_ylabel("request latency, ms (log scale)")
-    prot_ax.legend(loc="upper left", fontsize="small")
-    if base:
-        axes[0][1].legend(loc="upper left", fontsize="small")
+    handles, labels = prot_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small")
     fig.suptitle("colo-proxy demo: client request latency (request sent to last byte)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     try:
         fig.savefig(path, dpi=100)
     except OSError as exc:

@@ -373,6 +373,8 @@ class Demo:
                     live.update(self._render())
                     time.sleep(0.25)
                 live.update(self._render())
+            if not self.tty:  # the final frame, printed once, ends without a newline
+                self.out.line()
         else:
             next_line = time.monotonic() + 1.0
             told = 0

@@ -23,9 +23,11 @@ HOLD_NOTE_0 = ("median 0 ms: the hold time runs from the datapath reading a prim
                "its release; the secondary's twin is usually read first or in the same batch, "
                "so most frames leave at once (the NFQUEUE round trip is not in it; the "
                "request latency above includes it)")
-HOLD_NOTE_200 = ("the ~200 ms tail: a frame whose twin was lost (dropped in a queue, or by a "
-                 "flush) waits until that replica's TCP retransmits, after Linux's minimum "
-                 "retransmission timeout of 200 ms")
+HOLD_NOTE_200 = ("the ~200 ms tail: frames released only with a retransmission: the twin did "
+                 "not come (or did not match) in time, the client's ACK did not come either, "
+                 "and both replicas' TCP resent the segment after Linux's minimum "
+                 "retransmission timeout of 200 ms (--save-captures shows the resent segment "
+                 "in both captures)")
 
 
 def _client_port(key: str | None) -> int | None:
@@ -92,6 +94,7 @@ def _positions(cp: CheckpointRequested, reqs: list[dict[str, Any]]) -> dict[str,
 def _phase_latency(requests: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in requests if r.get("ok")]
     out = LatencyHistogram(float(r["ms"]) for r in ok).summary()
+    out["failed"] = len(requests) - len(ok)
     out["by_kind"] = {kind: LatencyHistogram(float(r["ms"]) for r in ok
                                              if r.get("kind") == kind).summary()
                       for kind in sorted({str(r.get("kind")) for r in ok})}
@@ -305,7 +308,8 @@ def print_headline(console: Console, summary: dict[str, Any]) -> None:
              style="bold"))
     say(f"  protected:   {describe(prot)}")
     if base is not None:
-        say(f"  unprotected: {describe(base)}")
+        say(f"  unprotected: {describe(base)}"
+            + (f"; {base['failed']} requests failed" if base["failed"] else ""))
         cost = ", ".join(f"{name} {_ratio(prot.get(name), base.get(name))}"
                          for name in ("p50", "p90", "p99")
                          if prot.get(name) is not None and base.get(name) is not None)
