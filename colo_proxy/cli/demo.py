@@ -25,8 +25,8 @@ from .types import finite_float
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the children's output here (datapath events, driver lines, stderr).")
 @click.option("--baseline", type=finite_float(min=0.0), default=5.0, show_default=True,
-              help="Seconds of the same traffic without the datapath after the run, for "
-                   "the unprotected request latency; 0: none.")
+              help="Seconds of the same traffic without the datapath (half before, half "
+                   "after the protected run), for the unprotected request latency; 0: none.")
 @click.option("--save-captures", type=click.Path(file_okay=False), default=None,
               metavar="DIR", help="tcpdump the PVM's and the SVM's interface into "
                                   "DIR/primary.pcap and DIR/secondary.pcap (for colo-proxy "

@@ -40,7 +40,7 @@ def write_plot(path: str, snap: DemoSnapshot, summary: dict[str, Any]) -> None:
     # Time runs at the same scale in both panels, but the baseline's keeps room for
     # its title.
     prot_width = max(snap.elapsed, 1.0)
-    widths = [prot_width] + ([max(float(base[-1]["t"]), 0.3 * prot_width)] if base else [])
+    widths = [prot_width] + ([max(float(base[-1]["baseline_t"]), 0.3 * prot_width)] if base else [])
     fig, axes = plt.subplots(1, len(widths), sharey=True, figsize=(11, 5),
                              gridspec_kw={"width_ratios": widths}, squeeze=False)
     prot_ax = axes[0][0]
@@ -48,7 +48,8 @@ def write_plot(path: str, snap: DemoSnapshot, summary: dict[str, Any]) -> None:
     for ax, requests, clock, name, stats in (
             (prot_ax, snap.requests, "demo_t", f"protected ({summary['datapath']} datapath)",
              lat["protected"]),
-            *([(axes[0][1], base, "t", "unprotected (no datapath)", lat["baseline"])]
+            *([(axes[0][1], base, "baseline_t", "unprotected (no datapath)",
+                 lat["baseline"])]
               if base else [])):
         title = name
         first = ax is prot_ax  # one legend for the figure: label the first panel's

@@ -81,13 +81,16 @@ class DemoOptions:
     """Keep the children's output (stdout lines, stderr) here; default: a temporary
     directory removed at the end."""
     baseline: float = 5.0
-    """Seconds of unprotected traffic after the protected run (0: none)."""
+    """Seconds of unprotected traffic, half before and half after the protected run
+    (0: none)."""
     save_captures: str | None = None
     """Capture the PVM's and the SVM's interfaces (tcpdump) into this directory."""
     plot: str | None = None
     """Draw request latency over time into this PNG file (matplotlib)."""
 
 CAPTURE_FILES = {"pvm": "primary.pcap", "svm": "secondary.pcap"}
+BASELINE_PORTS = (45000, 50000)
+"""First client port of the baseline's two parts (the protected run's are 20000 up)."""
 
 
 def _python_m(module: str) -> list[str]:
@@ -237,6 +240,8 @@ class Demo:
         o = self.o
         if o.datapath not in DATAPATHS:
             raise ColoError(f"demo: unknown datapath {o.datapath!r}")
+        if o.save_captures is not None:  # first: --plot may point into it
+            self._captures_dir(Path(o.save_captures))
         if o.plot is not None:
             from .plot import check_plot
 
@@ -262,6 +267,7 @@ class Demo:
         self._say(f"topology {o.prefix}: client {topo.client_ip} -> service {topo.vm_ip}:"
                   f"{SERVICE_PORT} in {topo.pvm} (primary) and {topo.svm} (secondary)")
         self._start_services(topo)
+        self._baseline(topo, 1)
         datapath = self._start_datapath(topo)
         self._say(f"datapath {o.datapath} running in {topo.phost}: {DATAPATH_NOTE}  "
                   f"{FLUSH_NOTE}")
@@ -281,7 +287,7 @@ class Demo:
         self._watch(driver, datapath)
         self._finish_datapath(datapath)
         captures = self._stop_captures()
-        self._baseline(topo)
+        self._baseline(topo, 2)
         snap = self.state.snapshot()
         summary = build_summary(snap, o.duration, o.datapath)
         print_checkpoints(self.out, summary, snap)
@@ -400,10 +406,7 @@ class Demo:
     def _start_captures(self, topo: Topology, where: Path) -> None:
         """tcpdump on the PVM's and the SVM's interface: what each replica sent and
         received, the input of ``colo-proxy diff``."""
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ColoError(f"demo: --save-captures {where}: {exc.strerror}") from exc
+        self._captures_dir(where)
         for role, netns_name in (("pvm", topo.pvm), ("svm", topo.svm)):
             # -Z root: Debian's tcpdump would otherwise switch to its own user before
             # creating the file; -U: every packet written at once.
@@ -419,6 +422,13 @@ class Demo:
                                     f"{child.stderr_tail() or 'no message'}")
                 time.sleep(0.05)
 
+    @staticmethod
+    def _captures_dir(where: Path) -> None:
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ColoError(f"demo: --save-captures {where}: {exc.strerror}") from exc
+
     def _stop_captures(self) -> tuple[str, str] | None:
         if not self.captures or self.o.save_captures is None:
             return None
@@ -431,23 +441,29 @@ class Demo:
         self._say(f"captures saved: {sizes}")
         return files
 
-    def _baseline(self, topo: Topology) -> None:
-        """The same traffic again with the datapath stopped: the unprotected
-        baseline, on the same topology, in the same run."""
-        secs = self.o.baseline
+    def _baseline(self, topo: Topology, part: int) -> None:
+        """Half of the unprotected baseline (``part`` 1 before the protected run, 2
+        after it): the same traffic with no datapath, on the same topology."""
+        secs = self.o.baseline / 2
         if secs <= 0:
             return
-        self._say(f"unprotected baseline: {secs:g} s of the same traffic with the datapath "
-                  f"stopped ({BASELINE_NOTE})")
+        when = "before" if part == 1 else "after"
+        self._say(f"unprotected baseline, part {part} of 2: {secs:g} s of the same traffic "
+                  f"{when} the protected run, no datapath ({BASELINE_NOTE})")
         self._drop_secondary(topo, "-I")
-        driver = self._start("traffic-baseline", topo.client, self._driver_argv(topo, secs),
-                             baseline=True)
+        self.state.baseline_part(part)
+        # Client ports of their own: a port the other phases used could meet a
+        # connection still in TIME_WAIT in the VMs.
+        driver = self._start(f"traffic-baseline-{part}", topo.client,
+                             [*self._driver_argv(topo, secs), "--first-port",
+                              str(BASELINE_PORTS[part - 1])], baseline=True)
         hard_stop = time.monotonic() + secs + 30.0
         started = time.monotonic()
         next_line = started + 1.0
         while driver.running() and time.monotonic() < hard_stop:
             if time.monotonic() >= next_line:
-                self._say(baseline_line(self.state.snapshot(), time.monotonic() - started))
+                self._say(baseline_line(self.state.snapshot(), part,
+                                        time.monotonic() - started))
                 next_line += 1.0
             time.sleep(0.1)
         driver.stop()

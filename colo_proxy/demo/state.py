@@ -68,6 +68,16 @@ class DemoState:
     """When each checkpoint request reached the demo (its clock, like ``elapsed``)."""
     baseline: list[dict[str, Any]] = field(default_factory=list)
     """The requests of the unprotected baseline phase."""
+    _baseline_part: int = 1
+    _baseline_offset: float = 0.0
+
+    def baseline_part(self, part: int) -> None:
+        """The baseline's next part starts (its driver's clock starts at 0 again)."""
+        with self.lock:
+            self._baseline_part = part
+            if self.baseline:
+                last = self.baseline[-1]
+                self._baseline_offset = float(last["baseline_t"]) + float(last["ms"]) / 1000
 
     def restart_clock(self) -> None:
         """Count time from now on (when the traffic starts)."""
@@ -129,6 +139,11 @@ class DemoState:
         with self.lock:
             if isinstance(obj, dict) and obj.get("event") == "request":
                 if baseline:
+                    # One time axis over both parts of the baseline.
+                    t = obj.get("t")
+                    obj["baseline_part"] = self._baseline_part
+                    obj["baseline_t"] = round(self._baseline_offset + (
+                        float(t) if isinstance(t, int | float) else 0.0), 3)
                     self.baseline.append(obj)
                     return
                 # When the request started, on the demo's clock (the driver's own

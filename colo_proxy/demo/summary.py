@@ -315,7 +315,8 @@ def print_headline(console: Console, summary: dict[str, Any]) -> None:
                          if prot.get(name) is not None and base.get(name) is not None)
         if cost:
             say(f"  cost of the protection: {cost}")
-        say(Text(f"  unprotected baseline, measured after the protected run: {BASELINE_NOTE}",
+        say(Text(f"  unprotected: measured half before, half after the protected run; "
+                 f"{BASELINE_NOTE}",
                  style="dim"))
     else:
         say(Text("  no unprotected baseline (--baseline 0)", style="dim"))

@@ -166,11 +166,11 @@ def progress_line(snap: DemoSnapshot) -> str:
     return line[:PLAIN_WIDTH]
 
 
-def baseline_line(snap: DemoSnapshot, elapsed: float) -> str:
+def baseline_line(snap: DemoSnapshot, part: int, elapsed: float) -> str:
     """One plain line of the baseline phase."""
     ok = [float(r["ms"]) for r in snap.baseline if r.get("ok")]
     failed = sum(1 for r in snap.baseline if not r.get("ok"))
     hist = LatencyHistogram(ok)
     median = fmt_ms(hist.pct("p50")) if ok else "-"
-    return (f"[baseline {elapsed:4.1f}s] requests {len(ok)} ok/{failed} failed | "
+    return (f"baseline {part}/2 {elapsed:4.1f}s: requests {len(ok)} ok/{failed} failed | "
             f"latency p50 {median} so far")[:PLAIN_WIDTH]
