@@ -47,9 +47,8 @@ class PrefixLock:
             holder = _read_pid(fd)
             os.close(fd)
             who = f" (pid {holder})" if holder else ""
-            raise PrefixBusy(
-                f"demo: another demo is running with prefix {self.prefix!r}{who}; wait for "
-                f"it to end, or pick another prefix: --prefix NAME") from None
+            raise PrefixBusy(f"demo: prefix {self.prefix!r} is in use by a running demo"
+                             f"{who}; try --prefix NAME") from None
         except OSError as exc:
             os.close(fd)
             raise ColoError(f"demo: lock {self.path}: {exc.strerror}") from exc

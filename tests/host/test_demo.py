@@ -200,8 +200,8 @@ def test_two_demos_with_one_prefix_one_refuses(demo_run: DemoRun) -> None:
             first.wait()
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
-        f"colo-proxy: error: demo: another demo is running with prefix {demo_run.prefix!r} "
-        f"(pid {first.pid}); wait for it to end, or pick another prefix: --prefix NAME"]
+        f"colo-proxy: error: demo: prefix {demo_run.prefix!r} is in use by a running demo "
+        f"(pid {first.pid}); try --prefix NAME"]
     assert second.stdout == ""
     assert first.returncode == 0, err[-3000:]
     assert "died" not in rest + err
