@@ -3,7 +3,7 @@
 
 Both modes use one topology (colo_proxy.topology).  "plain": phost only drops
 the SVM's output (the nft guard table) and forwards PVM traffic; "nfqueue":
-``colo-proxy run --datapath nfqueue`` holds every PVM packet until the SVM's
+``colo-proxy run nfqueue`` holds every PVM packet until the SVM's
 copy matched.  Workloads: TCP bulk (server -> client), TCP request/response and
 UDP request/response; printed as ratio tables.  Run as root:
 

@@ -1,4 +1,4 @@
-"""The NFQUEUE userspace datapath (``colo-proxy run --datapath nfqueue``).
+"""The NFQUEUE userspace datapath (``colo-proxy run nfqueue``).
 
 PVM output waits in the primary queue as a pending verdict until the engine
 releases it (ACCEPT).  SVM output is read from the secondary queue, copied into

@@ -112,7 +112,7 @@ def servers(topo: Topology, svm: bool = True) -> Iterator[None]:
 
 
 class Datapath:
-    """``colo-proxy run --datapath nfqueue`` in phost, with its event stream in a file."""
+    """``colo-proxy run nfqueue`` in phost, with its event stream in a file."""
 
     def __init__(self, topo: Topology, tmp: Path, *extra: str) -> None:
         self.topo = topo
