@@ -104,6 +104,49 @@ def test_second_client_cannot_take_over_secondary_in(
     assert "replaces the previous one" not in log
 
 
+@pytest.mark.qemu
+def test_slot_is_free_again_once_the_first_client_is_gone() -> None:
+    """EOF frees the slot: QEMU (reconnect=1), refused meanwhile, is then admitted."""
+    pin, sin, out = (free_tcp_port() for _ in range(3))
+    dp = Datapath(["--primary-in", f"tcp:127.0.0.1:{pin}",
+                   "--secondary-in", f"tcp:127.0.0.1:{sin},server",
+                   "--outdev", f"tcp:127.0.0.1:{out}", "--compare-timeout", "600000"])
+    feeder: RedirectorFeeder | None = None
+    first: socket.socket | None = None
+    try:
+        dp.wait_log("secondary_in: listening")
+        first = socket.create_connection(("127.0.0.1", sin), timeout=10)
+        dp.wait_log("secondary_in: connected")
+        feeder = RedirectorFeeder([
+            RedirectOut("p", f"host=127.0.0.1,port={pin},server=on,wait=off"),
+            RedirectOut("s", f"host=127.0.0.1,port={sin},reconnect=1"),
+            RedirectIn("o", f"host=127.0.0.1,port={out},server=on,wait=off"),
+        ]).start()
+        dp.wait_log("secondary_in: refused connection from")
+        first.close()
+        dp.wait_log("secondary_in: connection closed")
+        # QEMU notices that its refused connection is dead when it next writes;
+        # frames of another flow make it write (they stay unmatched, held).
+        probe = udp_frame(b"probe", sport=9999)
+        deadline = time.monotonic() + 20
+        while dp.log().count("secondary_in: connected") < 2:
+            assert time.monotonic() < deadline, dp.log()
+            feeder.send("s", probe)
+            time.sleep(0.2)
+        for name in ("primary_in", "outdev"):
+            dp.wait_log(f"{name}: connected")
+        frame = udp_frame(b"the real secondary, admitted after the first left")
+        feeder.send("p", frame)
+        feeder.send("s", frame)
+        assert feeder.recv("o", 5.0) == frame
+    finally:
+        if first is not None:
+            first.close()
+        if feeder is not None:
+            feeder.stop()
+        dp.close()
+
+
 def _run_in_netns(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """The datapath in a new network namespace of its own (only its own lo is reachable)."""
     cmd = ["unshare", "--net", "--", sys.executable, "-c",
