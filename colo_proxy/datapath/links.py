@@ -278,12 +278,12 @@ class Link:
 
     def _refuse_busy(self, transport: asyncio.Transport) -> None:
         self.refused_busy += 1
-        current = (_peer_text(self.conn.transport)
-                   if self.conn is not None and self.conn.transport is not None
-                   else "a TLS handshake in progress")
-        log.warning("%s: refused connection from %s: already connected to %s (one client "
-                    "at a time; refused so far: %d)", self.name, _peer_text(transport),
-                    current, self.refused_busy)
+        if self.conn is not None and self.conn.transport is not None:
+            why = f"already connected to {_peer_text(self.conn.transport)} (one client at a time"
+        else:
+            why = f"{len(self._handshakes)} TLS handshakes in progress (the most at once"
+        log.warning("%s: refused connection from %s: %s; refused so far: %d)", self.name,
+                    _peer_text(transport), why, self.refused_busy)
         transport.abort()
 
     def _accepted(self, transport: asyncio.Transport) -> None:

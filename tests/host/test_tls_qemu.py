@@ -216,3 +216,35 @@ def test_clients_without_valid_certificate_are_refused_and_change_nothing(
     assert dp.terminate() == 0
     assert ("secondary_in: refused 6 connections (1 while connected, 4 TLS handshake, "
             "1 tls-authz)") in dp.log()
+
+
+@pytest.mark.parametrize("impostor", ["other_ca_server", "wrong_host_server"])
+def test_client_endpoint_refuses_an_impostor_qemu_server(
+        pki: Pki, impostor: str, cleanup: list[Datapath | RedirectorFeeder]) -> None:
+    """--primary-in as TLS client: a QEMU server whose certificate is not from our CA,
+    or does not name the host we connect to, never feeds the comparison."""
+    pin, sin, out = (free_tcp_port() for _ in range(3))
+    dp = Datapath(["--primary-in", f"tcp:127.0.0.1:{pin},tls-creds={pki.good}",
+                   "--secondary-in", f"tcp:127.0.0.1:{sin},server",
+                   "--outdev", f"tcp:127.0.0.1:{out}", "--compare-timeout", "600000"])
+    cleanup.append(dp)
+    dp.wait_log("secondary_in: listening")
+    feeder = RedirectorFeeder([
+        RedirectOut("p", f"host=127.0.0.1,port={pin},server=on,wait=off,tls-creds=tlss"),
+        RedirectOut("s", f"host=127.0.0.1,port={sin}"),
+        RedirectIn("o", f"host=127.0.0.1,port={out},server=on,wait=off"),
+    ], extra_args=tls_creds_arg("tlss", getattr(pki, impostor), "server"))
+    cleanup.append(feeder)
+    feeder.start()
+    dp.wait_log("secondary_in: connected")
+    dp.wait_log("outdev: connected")
+    dp.wait_log("primary_in: TLS with tcp:127.0.0.1:")
+    assert "CERTIFICATE_VERIFY_FAILED" in dp.log()
+    reason = ("unable to get local issuer certificate" if impostor == "other_ca_server"
+              else "IP address mismatch")
+    assert reason in dp.log()
+    frame = udp_frame(b"from an impostor primary")
+    feeder.send("p", frame)
+    feeder.send("s", frame)
+    assert feeder.recv("o", 0.5) is None
+    assert "primary_in: connected" not in dp.log()

@@ -12,6 +12,10 @@
   ``ca-cert.pem``) that a server endpoint must refuse: ``self-signed/`` (same DN,
   signed by itself), ``other-ca/`` (same DN, another CA), ``other-dn/`` (the
   good CA, ``/O=colo-test/CN=intruder``).
+* impostor servers, each a ``server-cert.pem`` + ``server-key.pem`` + ``ca-cert.pem``
+  for a QEMU TLS server chardev that a colo-proxy client endpoint must refuse:
+  ``other-ca-server/`` (another CA), ``wrong-host-server/`` (the good CA, but the
+  certificate names ``elsewhere.invalid``, not 127.0.0.1).
 
 The certificates carry the extensions QEMU's credential sanity checks want
 (basicConstraints, keyUsage, extendedKeyUsage).
@@ -38,6 +42,10 @@ class Pki:
     self_signed: Path
     other_ca: Path
     other_dn: Path
+    other_ca_server: Path
+    """A server (cert, key, and its own CA as ca-cert.pem) that colo-proxy must not trust."""
+    wrong_host_server: Path
+    """A server cert from the good CA naming another host (SAN DNS:elsewhere.invalid)."""
 
 
 def _openssl(*args: str | Path) -> None:
@@ -60,7 +68,7 @@ def _ca(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 def _leaf(directory: Path, role: str, subject: str, ca: tuple[Path, Path] | None,
-          serial: int) -> None:
+          serial: int, *, san: str = "IP:127.0.0.1,DNS:localhost") -> None:
     """``{role}-cert.pem``/``{role}-key.pem`` in ``directory``; ``ca=None``: self-signed."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / f"{role}-cert.pem", directory / f"{role}-key.pem"
@@ -69,7 +77,7 @@ def _leaf(directory: Path, role: str, subject: str, ca: tuple[Path, Path] | None
     ext.write_text("basicConstraints=CA:FALSE\n"
                    "keyUsage=digitalSignature,keyEncipherment\n"
                    f"extendedKeyUsage={usage}\n"
-                   "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+                   f"subjectAltName={san}\n")
     if ca is None:
         _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
                  "-days", "2", "-subj", subject, "-extensions", "v3", "-config",
@@ -95,12 +103,18 @@ def make_pki(root: Path) -> Pki:
     _leaf(good, "server", "/O=colo-test/CN=colo-primary", ca, 1)
     _leaf(good, "client", "/O=colo-test/CN=colo-secondary", ca, 2)
     ca2 = _ca(other, "other CA")
-    pki = Pki(good, root / "self-signed", root / "other-ca", root / "other-dn")
+    pki = Pki(good, root / "self-signed", root / "other-ca", root / "other-dn",
+              root / "other-ca-server", root / "wrong-host-server")
     _leaf(pki.self_signed, "client", "/O=colo-test/CN=colo-secondary", None, 3)
     _leaf(pki.other_ca, "client", "/O=colo-test/CN=colo-secondary", ca2, 4)
     _leaf(pki.other_dn, "client", "/O=colo-test/CN=intruder", ca, 5)
     for d in (pki.self_signed, pki.other_ca, pki.other_dn):
         shutil.copy(good / "ca-cert.pem", d / "ca-cert.pem")
+    _leaf(pki.other_ca_server, "server", "/O=colo-test/CN=colo-primary", ca2, 6)
+    shutil.copy(other / "ca-cert.pem", pki.other_ca_server / "ca-cert.pem")
+    _leaf(pki.wrong_host_server, "server", "/O=colo-test/CN=colo-primary", ca, 7,
+          san="DNS:elsewhere.invalid")
+    shutil.copy(good / "ca-cert.pem", pki.wrong_host_server / "ca-cert.pem")
     return pki
 
 
