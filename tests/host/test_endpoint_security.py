@@ -189,6 +189,66 @@ def test_non_loopback_bind_without_tls_warns_once_per_endpoint(tmp_path: Path) -
                for line in lines)
 
 
+_HOLDER = ("import socket,sys,time\n"
+           "s=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\n"
+           "print(s.getsockname()[1],flush=True)\n"
+           "time.sleep(600)\n")
+
+
+@pytest.mark.root
+def test_silent_dead_peer_is_gone_after_keepalive(tmp_path: Path) -> None:
+    """A peer that stops answering (its packets dropped) frees the slot by keepalive."""
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
+        pytest.skip("needs root, ip and nft (a network namespace of its own)")
+    ns = f"sec-ka-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    log_path = tmp_path / "dp.log"
+    try:
+        run = ["ip", "netns", "exec", ns]
+        subprocess.run([*run, "ip", "link", "set", "lo", "up"], check=True)
+        with open(log_path, "wb") as log:
+            procs.append(subprocess.Popen(
+                [*run, sys.executable, "-c", "from colo_proxy.cli import main; main()",
+                 "run", "--datapath", "qemu-socket", "--primary-in", "tcp:9001",
+                 "--secondary-in", "tcp:9004,server", "--outdev", "tcp:9005"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+
+        def wait_log(text: str, count: int = 1, timeout: float = 20.0) -> None:
+            deadline = time.monotonic() + timeout
+            while log_path.read_text().count(text) < count:
+                assert procs[0].poll() is None and time.monotonic() < deadline, \
+                    log_path.read_text()
+                time.sleep(0.05)
+
+        wait_log("secondary_in: listening")
+        holder = subprocess.Popen([*run, sys.executable, "-c", _HOLDER, "9004"],
+                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        procs.append(holder)
+        assert holder.stdout is not None
+        port = int(holder.stdout.readline())
+        wait_log("secondary_in: connected")
+        # From now on the first client answers nothing: not even keepalive probes.
+        subprocess.run([*run, "nft", "add table inet seck; add chain inet seck in "
+                        "{ type filter hook input priority 0; }; "
+                        f"add rule inet seck in tcp sport {port} drop"], check=True)
+        wait_log("secondary_in: connection closed", timeout=90)
+        assert "timed out" in log_path.read_text().split("secondary_in: connection closed")[1]
+        second = subprocess.Popen([*run, sys.executable, "-c", _HOLDER, "9004"],
+                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        procs.append(second)
+        wait_log("secondary_in: connected", count=2)
+        assert "refused" not in log_path.read_text()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
 def _connect_as_nobody(path: str) -> subprocess.CompletedProcess[str]:
     script = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
               "try:\n s.connect(sys.argv[1])\nexcept OSError as e:\n print(e.errno); sys.exit(3)\n"
