@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from qemu_harness.driver import OutdevReader
 from qemu_harness.process import free_tcp_port
 from qemu_harness.redirector import RedirectIn, RedirectorFeeder, RedirectOut
 from qemu_harness.tls import CLIENT_DN, INTRUDER_DN, Pki, make_pki, tls_creds_arg
@@ -248,3 +249,56 @@ def test_client_endpoint_refuses_an_impostor_qemu_server(
     feeder.send("s", frame)
     assert feeder.recv("o", 0.5) is None
     assert "primary_in: connected" not in dp.log()
+
+
+def _tls_send_with_finished(port: int, creds: Path, data: bytes) -> socket.socket:
+    """TLS client over memory BIOs: its Finished message and ``data`` leave in one send."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(creds / "client-cert.pem", creds / "client-key.pem")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if pending := outgoing.read():
+                sock.sendall(pending)
+            received = sock.recv(65536)
+            assert received, "server closed during the handshake"
+            incoming.write(received)
+    tls.write(data)
+    sock.sendall(outgoing.read())
+    return sock
+
+
+def test_frames_sent_right_after_the_handshake_are_kept(
+        pki: Pki, cleanup: list[Datapath | RedirectorFeeder]) -> None:
+    """A TLS peer's first frames can arrive with its last handshake message, before
+    the tls-authz check has run: they are kept and fed in order once it is admitted.
+    (Python TLS clients as the peers, sending Finished and the frames in one write.)"""
+    pin, sin, out = (free_tcp_port() for _ in range(3))
+    authz = f"tls-authz={_qemu_escape(CLIENT_DN)}"
+    dp = Datapath(["--primary-in", f"tcp:127.0.0.1:{pin},server,tls-creds={pki.good},{authz}",
+                   "--secondary-in", f"tcp:127.0.0.1:{sin},server,tls-creds={pki.good},{authz}",
+                   "--outdev", f"tcp:127.0.0.1:{out},server"])
+    cleanup.append(dp)
+    dp.wait_log("qemu-socket datapath running")
+    outdev = socket.create_connection(("127.0.0.1", out), timeout=10)
+    frames = [udp_frame(f"early {i}".encode()) for i in range(20)]
+    data = b"".join(encode(f, None) for f in frames)
+    peers = []
+    try:
+        dp.wait_log("outdev: connected")
+        for port in (pin, sin):
+            peers.append(_tls_send_with_finished(port, pki.good, data))
+        dp.wait_log("secondary_in: connected")
+        got = OutdevReader(outdev).wait_for(len(frames), 10.0)
+        assert [f.payload for f in got] == frames
+    finally:
+        for sock in peers:
+            sock.close()
+        outdev.close()
