@@ -24,13 +24,23 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from qemu_harness.process import free_tcp_port
 from qemu_harness.redirector import RedirectIn, RedirectorFeeder, RedirectOut
 from qemu_harness.tls import make_pki
 from test_qemu_socket_datapath import ROOT, Datapath, udp_frame
 
+from colo_proxy.cli import main
 from colo_proxy.qemu.framing import encode
+
+
+def _run_qemu_socket() -> list[str]:
+    """The CLI words that start the datapath (``run qemu-socket`` once it is a sub-command)."""
+    run = main.commands["run"] if isinstance(main, click.Group) else None
+    if isinstance(run, click.Group) and "qemu-socket" in run.commands:
+        return ["run", "qemu-socket"]
+    return ["run", "--datapath", "qemu-socket"]
 
 
 def _closed_by_peer(sock: socket.socket, timeout: float = 10.0) -> bool:
@@ -150,7 +160,7 @@ def test_slot_is_free_again_once_the_first_client_is_gone() -> None:
 def _run_in_netns(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """The datapath in a new network namespace of its own (only its own lo is reachable)."""
     cmd = ["unshare", "--net", "--", sys.executable, "-c",
-           "from colo_proxy.cli import main; main()", "run", "--datapath", "qemu-socket", *args]
+           "from colo_proxy.cli import main; main()", *_run_qemu_socket(), *args]
     with open(log_path, "wb") as log:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
@@ -210,7 +220,7 @@ def test_silent_dead_peer_is_gone_after_keepalive(tmp_path: Path) -> None:
         with open(log_path, "wb") as log:
             procs.append(subprocess.Popen(
                 [*run, sys.executable, "-c", "from colo_proxy.cli import main; main()",
-                 "run", "--datapath", "qemu-socket", "--primary-in", "tcp:9001",
+                 *_run_qemu_socket(), "--primary-in", "tcp:9001",
                  "--secondary-in", "tcp:9004,server", "--outdev", "tcp:9005"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
 
