@@ -30,7 +30,7 @@ import pytest
 from qemu_harness.driver import OutdevReader
 from qemu_harness.process import free_tcp_port
 from qemu_harness.redirector import RedirectIn, RedirectorFeeder, RedirectOut
-from qemu_harness.tls import CLIENT_DN, INTRUDER_DN, Pki, make_pki, tls_creds_arg
+from qemu_harness.tls import CLIENT_DN, INTRUDER_DN, SERVER_DN, Pki, make_pki, tls_creds_arg
 from test_qemu_socket_datapath import Datapath, udp_frame
 
 from colo_proxy.datapath.tls import peer_dn
@@ -219,13 +219,15 @@ def test_clients_without_valid_certificate_are_refused_and_change_nothing(
             "1 tls-authz)") in dp.log()
 
 
-@pytest.mark.parametrize("impostor", ["other_ca_server", "wrong_host_server"])
+@pytest.mark.parametrize("impostor", ["other_ca_server", "wrong_host_server", "dn_not_allowed"])
 def test_client_endpoint_refuses_an_impostor_qemu_server(
         pki: Pki, impostor: str, cleanup: list[Datapath | RedirectorFeeder]) -> None:
     """--primary-in as TLS client: a QEMU server whose certificate is not from our CA,
-    or does not name the host we connect to, never feeds the comparison."""
+    does not name the host we connect to, or whose DN tls-authz does not allow, never
+    feeds the comparison."""
     pin, sin, out = (free_tcp_port() for _ in range(3))
-    dp = Datapath(["--primary-in", f"tcp:127.0.0.1:{pin},tls-creds={pki.good}",
+    authz = ",tls-authz=O=colo-test,,CN=another-primary" if impostor == "dn_not_allowed" else ""
+    dp = Datapath(["--primary-in", f"tcp:127.0.0.1:{pin},tls-creds={pki.good}{authz}",
                    "--secondary-in", f"tcp:127.0.0.1:{sin},server",
                    "--outdev", f"tcp:127.0.0.1:{out}", "--compare-timeout", "600000"])
     cleanup.append(dp)
@@ -234,16 +236,21 @@ def test_client_endpoint_refuses_an_impostor_qemu_server(
         RedirectOut("p", f"host=127.0.0.1,port={pin},server=on,wait=off,tls-creds=tlss"),
         RedirectOut("s", f"host=127.0.0.1,port={sin}"),
         RedirectIn("o", f"host=127.0.0.1,port={out},server=on,wait=off"),
-    ], extra_args=tls_creds_arg("tlss", getattr(pki, impostor), "server"))
+    ], extra_args=tls_creds_arg("tlss", pki.good if impostor == "dn_not_allowed"
+                                else getattr(pki, impostor), "server"))
     cleanup.append(feeder)
     feeder.start()
     dp.wait_log("secondary_in: connected")
     dp.wait_log("outdev: connected")
-    dp.wait_log("primary_in: TLS with tcp:127.0.0.1:")
-    assert "CERTIFICATE_VERIFY_FAILED" in dp.log()
-    reason = ("unable to get local issuer certificate" if impostor == "other_ca_server"
-              else "IP address mismatch")
-    assert reason in dp.log()
+    if impostor == "dn_not_allowed":
+        dp.wait_log(f"primary_in: refused connection from 127.0.0.1:{pin}: certificate "
+                    f"{SERVER_DN!r} not allowed by tls-authz")
+    else:
+        dp.wait_log("primary_in: TLS with tcp:127.0.0.1:")
+        assert "CERTIFICATE_VERIFY_FAILED" in dp.log()
+        reason = ("unable to get local issuer certificate" if impostor == "other_ca_server"
+                  else "IP address mismatch")
+        assert reason in dp.log()
     frame = udp_frame(b"from an impostor primary")
     feeder.send("p", frame)
     feeder.send("s", frame)
