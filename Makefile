@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 APT_PKGS := build-essential pkg-config make gcc kmod cpio busybox-static xz-utils zstd \
             qemu-system-x86 linux-headers-amd64 dwarves sparse bc \
             iproute2 iptables nftables libnftables1 libxtables-dev \
-            libnetfilter-queue-dev iputils-ping util-linux libcap2-bin tcpdump curl
+            libnetfilter-queue-dev iputils-ping util-linux libcap2-bin tcpdump curl openssl
 
 .PHONY: help deps venv lint test test-host kmod test-kernel demo bench clean
 
