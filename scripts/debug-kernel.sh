@@ -128,18 +128,9 @@ make -s defconfig >/dev/null
 scripts/kconfig/merge_config.sh -m .config "$FRAGMENT" >"$WORK/merge_config.log" 2>&1 \
     || { cat "$WORK/merge_config.log" >&2; die "$SERIES: merge_config.sh failed"; }
 make -s olddefconfig
-# Every line of the fragment must have survived olddefconfig (a dependency Kconfig silently
-# dropped would otherwise turn e.g. KMEMLEAK off without anyone noticing).
-missing=$(awk '
-    FNR == NR { if (match($0, /^CONFIG_[A-Za-z0-9_]+=/)) want[substr($0, 1, RLENGTH - 1)] = $0
-                else if (match($0, /^# CONFIG_[A-Za-z0-9_]+ is not set/)) want[$2] = "unset"
-                next }
-    { if (match($0, /^CONFIG_[A-Za-z0-9_]+=/)) have[substr($0, 1, RLENGTH - 1)] = $0 }
-    END { for (k in want) {
-              if (want[k] == "unset") { if (k in have) print k " is " have[k] " (fragment: not set)" }
-              else if (have[k] != want[k]) print want[k] " requested, got " (k in have ? have[k] : "not set") } }
-' "$FRAGMENT" .config)
-[ -z "$missing" ] || die "$SERIES: the fragment does not apply to $SRCPKG $version:"$'\n'"$missing"
+# Every line of the fragment must have survived olddefconfig.
+missing=$("$HERE/kconfig-check.sh" "$FRAGMENT" .config) \
+    || die "$SERIES: the fragment does not apply to $SRCPKG $version:"$'\n'"$missing"
 
 kver=$(make -s kernelrelease)
 say "$SERIES: building $kver with make -j${DEBUG_KERNEL_JOBS:-2} (log: $WORK/build.log)"
