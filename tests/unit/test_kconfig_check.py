@@ -51,6 +51,6 @@ def test_a_dropped_or_changed_option_fails(tmp_path: Path, line: str, message: s
 def test_the_fragment_turns_the_checkers_on() -> None:
     wanted = {"CONFIG_PROVE_LOCKING=y", "CONFIG_KASAN=y", "CONFIG_DEBUG_KMEMLEAK=y",
               "CONFIG_DEBUG_OBJECTS_RCU_HEAD=y", "CONFIG_MODULES=y", "CONFIG_MODULE_UNLOAD=y",
-              "# CONFIG_MODULE_SIG is not set"}
+              "CONFIG_MODULE_SIG=y", "# CONFIG_MODULE_SIG_FORCE is not set"}
     lines = set(FRAGMENT.read_text().splitlines())
     assert wanted <= lines, wanted - lines
