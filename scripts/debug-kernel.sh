@@ -157,7 +157,7 @@ mkdir -p "$DEST.tmp/headers"
     find . -path ./tools -prune -o \( -name 'Makefile*' -o -name 'Kbuild*' -o -name 'Kconfig*' \) -type f -print0
     find include scripts arch/x86/include -type f ! -name '*.o' ! -name '.*.cmd' -print0
     find arch/x86 -maxdepth 1 -name 'Makefile*' -print0
-} | sort -zu | cpio -0 -pdm --quiet "$DEST.tmp/headers"
+} | sed -z 's|^\./||' | sort -zu | cpio -0 -pdm --quiet "$DEST.tmp/headers"
 printf 'key: %s\nsource: %s %s\ncc: %s\nld: %s\nbuilt: %s in %s s\n' "$key" "$SRCPKG" "$version" \
     "$cc_version" "$ld_version" "$(date -u +%FT%TZ)" "$((SECONDS - t0))" >"$DEST.tmp/.prepared"
 echo "$kver" >"$DEST.tmp/KVER"
