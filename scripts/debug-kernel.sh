@@ -22,7 +22,8 @@
 #      changed fragment rebuilds incrementally), then publish to 1 and 2.
 # Source version: that of BUILD/kernels/<base>/ if scripts/kernels.sh prepared it (so the
 # debug kernel is the Debian kernel under test, rebuilt), otherwise the private apt index's
-# candidate; DEBUG_KERNEL_VERSION overrides.  DEBUG_KERNEL_JOBS (default 2) is make's -j.
+# candidate; DEBUG_KERNEL_VERSION overrides.  DEBUG_KERNEL_JOBS (default 2) is make's -j,
+# DEBUG_KERNEL_NICE (default 10) its nice level.  The build's time is kept in .prepared.
 set -euo pipefail
 
 die() { echo "debug-kernel: $*" >&2; exit 1; }
@@ -150,7 +151,7 @@ cp System.map "$DEST.tmp/root/boot/System.map-$kver"
 rm -f "$DEST.tmp/root/lib/modules/$kver/build" "$DEST.tmp/root/lib/modules/$kver/source"
 # What an out-of-tree `make M=` needs: the top Makefile and config, every Makefile/Kbuild/
 # Kconfig, include/ and the arch headers (with the generated ones), scripts/ with its host
-# programs, objtool, Module.symvers.  No objects, no sources (about 1/20 of the tree).
+# programs, objtool, Module.symvers.  No objects, no kernel sources (about 100 MB).
 mkdir -p "$DEST.tmp/headers"
 {
     printf '%s\0' Makefile .config Module.symvers System.map tools/objtool/objtool
