@@ -226,10 +226,10 @@ def _connect(port: int, deadline: float) -> socket.socket:
 
 
 def run_socket_datapath(wl: Workload, batches: tuple[list[bytes], list[bytes]]) -> Result:
-    """``colo-proxy run --datapath qemu-socket`` (fresh process), same driver as QEMU."""
+    """``colo-proxy run qemu-socket`` (fresh process), same driver as QEMU."""
     ports = [free_tcp_port() for _ in range(3)]
     cmd = [sys.executable, "-c", "from colo_proxy.cli import main; main()",
-           "run", "--datapath", "qemu-socket",
+           "run", "qemu-socket",
            "--max-connections", str(1 << 20),
            "--primary-in", f"tcp:127.0.0.1:{ports[0]},server",
            "--secondary-in", f"tcp:127.0.0.1:{ports[1]},server",

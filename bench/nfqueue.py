@@ -3,7 +3,7 @@
 
 Both modes use one topology (colo_proxy.topology).  "plain": phost only drops
 the SVM's output (the nft guard table) and forwards PVM traffic; "nfqueue":
-``colo-proxy run --datapath nfqueue`` holds every PVM packet until the SVM's
+``colo-proxy run nfqueue`` holds every PVM packet until the SVM's
 copy matched.  Workloads: TCP bulk (server -> client), TCP request/response and
 UDP request/response; printed as ratio tables.  Run as root:
 
@@ -124,7 +124,7 @@ def udp_rr(topo: Topology, count: int, size: int = 64) -> dict[str, float]:
 
 
 def start_datapath(topo: Topology, events: Path) -> subprocess.Popen[bytes]:
-    argv = [str(Path(sys.executable).parent / "colo-proxy"), "run", "--datapath", "nfqueue",
+    argv = [str(Path(sys.executable).parent / "colo-proxy"), "run", "nfqueue",
             "--netns", topo.phost, "--pvm-if", topo.phost_pvm_if, "--fwd-if", topo.phost_fwd_if,
             "--events", str(events), "--stats-interval", "1"]
     proc = subprocess.Popen(argv)

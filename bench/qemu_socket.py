@@ -109,8 +109,11 @@ def datapath_at(tree: Path) -> Runner:
 
     def run(wl: Workload, batches: tuple[list[bytes], list[bytes]]) -> Result:
         ports = [free_tcp_port() for _ in range(3)]
+        # Revisions before the run sub-commands took --datapath.
+        run = (["run", "qemu-socket"] if (tree / "colo_proxy/cli/run_options.py").exists()
+               else ["run", "--datapath", "qemu-socket"])
         cmd = [sys.executable, "-c", "from colo_proxy.cli import main; main()",
-               "run", "--datapath", "qemu-socket", "--max-connections", str(1 << 20),
+               *run, "--max-connections", str(1 << 20),
                "--primary-in", f"tcp:127.0.0.1:{ports[0]},server",
                "--secondary-in", f"tcp:127.0.0.1:{ports[1]},server",
                "--outdev", f"tcp:127.0.0.1:{ports[2]},server"]

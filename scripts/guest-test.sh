@@ -4,14 +4,20 @@
 #   e.g.  scripts/guest-test.sh build 6.1 -- -k stress -x
 # Needs (from scripts/kernels.sh and scripts/kmod-build.sh):
 #   BUILD/kernels/SERIES/{KVER,root/}   BUILD/kmod/SERIES/nf_colo.ko
-# Writes BUILD/guest/SERIES/{console.log,pytest.log,junit.xml,dmesg.txt,rc,times}.
+# Writes BUILD/guest/SERIES/{console.log,pytest.log,junit.xml,dmesg.txt,rc,times} (and
+# kmemleak.txt on a debug kernel).
 # Environment:
 #   PYTEST_ARGS      extra pytest arguments (word-split), added before those after --
-#   GUEST_TIMEOUT    seconds per kernel before QEMU is killed (default 1800)
+#   GUEST_TIMEOUT    seconds per kernel before QEMU is killed (default 1800; 3600 for a
+#                    debug series, <base>-debug: lockdep + KASAN + kmemleak under TCG)
 #   GUEST_CMD        run this shell command in the guest instead of the suite (debugging);
 #                    the module is then not required
 #   GUEST_INTERACTIVE=1  attach the terminal to the guest's console (with GUEST_CMD='bash -i')
 #   GUEST_SMP, GUEST_MEM  QEMU -smp / -m (default 2, 2G)
+#   GUEST_OUT_SUFFIX  write to BUILD/guest/SERIES<suffix>/ instead (the self-test's runs)
+#   GUEST_EXPECT_BAD=FILE  self-test of the checker (tests/kernel/buggy/selftest.sh): the run
+#                    passes only if every extended regex in FILE matches a line the kernel-log
+#                    check flagged; flagged lines are then expected, not failures
 # Fails (exit 1) when any kernel fails: a failed test, a bad kernel log line (scripts/guest/
 # dmesg-bad.regex), a timeout, a missing kernel or module.
 set -uo pipefail
@@ -26,7 +32,11 @@ while [ $# -gt 0 ] && [ "$1" != -- ]; do series+=("$1"); shift; done
 [ "${1:-}" = -- ] && shift
 read -r -a env_args <<<"${PYTEST_ARGS:-}"
 pytest_args=("${env_args[@]}" "$@")
-timeout_s=${GUEST_TIMEOUT:-1800}
+expect_bad=${GUEST_EXPECT_BAD:-}
+if [ -n "$expect_bad" ]; then
+    [ -f "$expect_bad" ] || { echo "guest-test: GUEST_EXPECT_BAD: no file $expect_bad" >&2; exit 2; }
+    expect_bad=$(realpath "$expect_bad")
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "guest-test: must run as root (QEMU exports / over 9p with the host's permissions)" >&2
@@ -79,7 +89,7 @@ explain_rc() {
 }
 
 run_series() {
-    local s=$1 p="[$1] " k=$build/kernels/$1 out=$build/guest/$1 kver problem
+    local s=$1 p="[$1] " k=$build/kernels/$1 out=$build/guest/$1${GUEST_OUT_SUFFIX:-} kver problem
     problem=$(check_inputs "$s")
     if [ -n "$problem" ]; then
         verdict[$s]="FAIL: $problem"
@@ -88,7 +98,8 @@ run_series() {
     kver=$(<"$k/KVER")
     rm -rf "$out"
     mkdir -p "$out"
-    local initrd=$build/guest/initramfs-$s.cpio.gz t0=$SECONDS
+    local initrd=$build/guest/initramfs-$s.cpio.gz t0=$SECONDS timeout_s=${GUEST_TIMEOUT:-1800} debug=0
+    case $s in *-debug) debug=1; timeout_s=${GUEST_TIMEOUT:-3600} ;; esac
     echo "${p}building initramfs for $kver"
     "$here/guest/mk-initramfs.sh" "$k/root" "$kver" "$initrd" || { verdict[$s]="FAIL: initramfs build failed"; return 1; }
 
@@ -98,6 +109,8 @@ run_series() {
             "$s" "$kver" "$repo" "$out"
         printf 'export COLO_KO=%q COLO_KMOD_DIR=%q COLO_DMESG_PATTERNS=%q\n' \
             "$build/kmod/$s/nf_colo.ko" "$build/kmod/$s" "$here/guest"
+        # 1 on the debug kernel (lockdep, KASAN, kmemleak): for tests that must scale down.
+        printf 'export COLO_DEBUG_KERNEL=%q\n' "$debug"
         printf 'cd %q\n' "$repo"
         if [ -n "${GUEST_CMD:-}" ]; then
             printf '%s\n' "$GUEST_CMD"
@@ -152,13 +165,29 @@ run_series() {
         reasons+=("guest ended without an exit code (QEMU rc $qrc; kernel panic? see $out/console.log)")
     fi
     # The guest's own dmesg copy is complete up to a crash; the console (loglevel 4) also has
-    # what was printed while the guest went down.
-    local logs=() bad
+    # what was printed while the guest went down.  On the debug kernel, kmemleak's report
+    # (written at the end by scripts/guest/kmemleak.sh) is checked with the same patterns.
+    local logs=() bad=
     [ -s "$out/dmesg.txt" ] && logs+=("$out/dmesg.txt")
     [ -f "$out/rc" ] && [ ${#logs[@]} -gt 0 ] || logs+=("$out/console.log")
+    [ -s "$out/kmemleak.txt" ] && logs+=("$out/kmemleak.txt")
     if ! bad=$(cat "${logs[@]}" | "$here/guest/check-dmesg.sh" /dev/stdin | awk '!seen[$0]++'); then
-        reasons+=("kernel log has $(wc -l <<<"$bad") bad line(s)")
-        sed "s/^/${p}dmesg: /" <<<"$bad"
+        if [ -z "$expect_bad" ]; then
+            reasons+=("kernel log has $(wc -l <<<"$bad") bad line(s)")
+            sed "s/^/${p}dmesg: /" <<<"$bad"
+        fi
+    fi
+    if [ -n "$expect_bad" ]; then
+        # Self-test of the checker: each expected report must be among the flagged lines.
+        local re
+        while IFS= read -r re; do
+            case $re in ''|'#'*) continue ;; esac
+            if grep -q -E -- "$re" <<<"$bad"; then
+                echo "${p}self-test: flagged as expected: $(grep -m1 -E -- "$re" <<<"$bad")"
+            else
+                reasons+=("self-test: the kernel-log check did not flag /$re/")
+            fi
+        done <"$expect_bad"
     fi
     if [ -f "$out/pytest.log" ]; then
         local summary

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prepare the Debian kernels the module is built and tested against.
 #
-#   scripts/kernels.sh BUILD SERIES...        e.g. scripts/kernels.sh build 6.1 6.12
+#   scripts/kernels.sh BUILD SERIES...        e.g. scripts/kernels.sh build 6.1 6.12 6.12-debug
+#
+# A series <base>-debug (6.12-debug) is not a Debian image but Debian's linux-source-<base>
+# built with lockdep, KASAN and kmemleak: scripts/debug-kernel.sh, same layout as below.
 #
 # For each SERIES this leaves (the guest harness relies on exactly this layout):
 #   BUILD/kernels/<series>/KVER   kernel release, e.g. 6.1.0-56-amd64
@@ -28,73 +31,9 @@ BUILD=$1; shift
 mkdir -p "$BUILD/kernels"
 KROOT=$(cd "$BUILD/kernels" && pwd)
 APTDIR=$KROOT/apt
-ARCH=amd64
-DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-
-# ---- private apt index -------------------------------------------------------------
-APT_OPTS=(
-    -o "Dir::Etc::sourcelist=$APTDIR/sources.list"
-    -o "Dir::Etc::sourceparts=-"
-    -o "Dir::State::Lists=$APTDIR/lists"
-    -o "Dir::State::status=$APTDIR/status"
-    -o "Dir::Cache=$APTDIR/cache"
-    -o "APT::Get::List-Cleanup=0"
-    -o "APT::Sandbox::User=root"
-    -o "APT::Architecture=$ARCH"
-    -o "APT::Architectures=$ARCH"
-    -o "DPkg::Lock::Timeout=600"
-)
-APT_READY=0
-
-apt_prepare() {
-    [ "$APT_READY" = 1 ] && return 0
-    mkdir -p "$APTDIR/lists/partial" "$APTDIR/cache/archives/partial"
-    : > "$APTDIR/status"            # empty status: resolve against the archive, not the host
-    local kr=""
-    [ -r "$DEBIAN_KEYRING" ] && kr="[signed-by=$DEBIAN_KEYRING] "
-    cat > "$APTDIR/sources.list" <<EOF
-deb ${kr}http://deb.debian.org/debian bookworm main
-deb ${kr}http://deb.debian.org/debian bookworm-updates main
-deb ${kr}http://deb.debian.org/debian-security bookworm-security main
-deb ${kr}http://deb.debian.org/debian bookworm-backports main
-EOF
-    # Refresh at most once a day (the lists are ~100 MB uncompressed: not on every build).
-    local stamp=$APTDIR/updated.stamp
-    if [ -z "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then
-        say "apt-get update (private index: bookworm, -updates, -security, -backports)"
-        apt-get "${APT_OPTS[@]}" -q update >"$APTDIR/update.log" 2>&1 \
-            || { cat "$APTDIR/update.log" >&2; die "apt-get update failed"; }
-        touch "$stamp"
-    fi
-    APT_READY=1
-}
-
-apt_version() {   # apt_version PKG -> candidate version in the private index ("" if none)
-    apt-cache "${APT_OPTS[@]}" policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}' | sed 's/(none)//'
-}
-
-apt_download() {  # apt_download DIR PKG=VERSION...   (into DIR, skipping files already there)
-    local dir=$1; shift
-    mkdir -p "$dir"
-    local spec name ver f
-    for spec in "$@"; do
-        name=${spec%%=*}; ver=${spec#*=}
-        f=$(ls "$dir/${name}_${ver//:/%3a}_"*.deb 2>/dev/null | head -1 || true)
-        if [ -z "$f" ]; then
-            say "downloading $name $ver"
-            (cd "$dir" && apt-get "${APT_OPTS[@]}" -q download "$spec" >/dev/null) \
-                || die "apt-get download $spec failed"
-        fi
-    done
-}
-
-deb_of() { ls "$1/${2}_"*.deb 2>/dev/null | head -1; }
-
-# Depends field of PKG=VERSION, one "name op version" per line.
-deb_depends() {
-    apt-cache "${APT_OPTS[@]}" show "$1=$2" 2>/dev/null | awk -F': ' '/^Depends:/ {print $2; exit}' \
-        | tr ',' '\n' | sed 's/^ *//; s/ *$//; s/[()]//g'
-}
+# ---- private apt index (shared with scripts/debug-kernel.sh) ---------------------------
+# shellcheck source=lib/debian-apt.sh
+. "$(dirname "$0")/lib/debian-apt.sh"
 
 series_re() { echo "^linux-headers-${1//./\\.}\\.[0-9][^ ]*-${ARCH}\$"; }
 
@@ -214,6 +153,11 @@ prepare_series() {
 }
 
 for s in "$@"; do
-    [[ $s =~ ^[0-9]+\.[0-9]+$ ]] || die "bad series '$s' (want e.g. 6.1)"
+    if [[ $s =~ ^[0-9]+\.[0-9]+-debug$ ]]; then
+        # Built from Debian's linux-source with lockdep/KASAN/kmemleak (scripts/debug-kernel.sh).
+        "$(dirname "$0")/debug-kernel.sh" "$BUILD" "$s"
+        continue
+    fi
+    [[ $s =~ ^[0-9]+\.[0-9]+$ ]] || die "bad series '$s' (want e.g. 6.1 or 6.12-debug)"
     prepare_series "$s"
 done

@@ -12,12 +12,39 @@ from .. import __version__
 from ..errors import ColoError
 
 
+class _UsageLine(click.UsageError):
+    """A usage error shown as one line (click's own form is usage, hint, blank, error)."""
+
+    def show(self, file: Any = None) -> None:
+        path = self.ctx.command_path if self.ctx else "colo-proxy"
+        click.echo(f"colo-proxy: error: {self.format_message()} (see '{path} --help')",
+                   err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc  # no arguments at all: the help text is the answer
+    return _UsageLine(exc.format_message().rstrip("."), exc.ctx)  # exit code 2
+
+
 class _Group(click.Group):
-    """Turns ColoError into one line on stderr and its exit code; Ctrl-C into exit 130."""
+    """Turns ColoError and usage errors into one line on stderr and their exit code
+    (2 for bad input); Ctrl-C into exit 130."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (_UsageLine, click.exceptions.NoArgsIsHelpError):
+            raise
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
         except ColoError as exc:
             click.echo(f"colo-proxy: error: {exc}", err=True)
             sys.exit(exc.exit_code)

@@ -6,11 +6,12 @@ import click
 
 from ..demo.datapaths import DATAPATHS
 from ..demo.interrupts import Interrupts
+from .types import finite_float
 
 
 @click.command()
-@click.option("--duration", type=click.FloatRange(min=1.0), default=20.0, show_default=True,
-              help="Seconds of traffic.")
+@click.option("--duration", type=finite_float(min=1.0), default=20.0, show_default=True,
+              help="Seconds of protected traffic.")
 @click.option("--datapath", type=click.Choice(sorted(DATAPATHS)), default="nfqueue",
               show_default=True, help="Which datapath protects the traffic.")
 @click.option("--prefix", default="colo", show_default=True,
@@ -19,17 +20,29 @@ from ..demo.interrupts import Interrupts
               help="Machine-readable summary on stdout (the view goes to stderr).")
 @click.option("--live/--plain", "live", default=None,
               help="Rich live view or plain progress lines [default: live on a terminal].")
-@click.option("--token-interval", type=click.FloatRange(min=0.0), default=2.0,
+@click.option("--token-interval", type=finite_float(min=0.0), default=2.0,
               show_default=True, help="Seconds between /session (random token) requests; 0: none.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the children's output here (datapath events, driver lines, stderr).")
+@click.option("--baseline", type=finite_float(min=0.0), default=5.0, show_default=True,
+              help="Seconds of the same traffic without the datapath (half before, half "
+                   "after the protected run), for the unprotected request latency; 0: none.")
+@click.option("--save-captures", type=click.Path(file_okay=False), default=None,
+              metavar="DIR", help="tcpdump the PVM's and the SVM's interface into "
+                                  "DIR/primary.pcap and DIR/secondary.pcap (for colo-proxy "
+                                  "diff).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="Draw request latency over time, checkpoints marked (needs matplotlib: "
+                   "the 'plot' extra).")
 def demo(*, duration: float, datapath: str, prefix: str, as_json: bool, live: bool | None,
-         token_interval: float, log_dir: str | None) -> None:
+         token_interval: float, log_dir: str | None, baseline: float,
+         save_captures: str | None, plot: str | None) -> None:
     """COLO output comparison protecting real HTTP traffic between namespaces (root).
 
     Builds client, primary host, PVM, secondary host and SVM namespaces, runs the
     same HTTP service in the PVM and the SVM, the chosen datapath in the primary
-    host, and an HTTP client; shows a live view, then explains every checkpoint.
+    host, and an HTTP client; shows a live view, explains every checkpoint, measures
+    the same traffic without the datapath, and ends on the summary.
     """
     # Ctrl-C belongs to the demo from here to the end of the process (the session's
     # imports take a while and a second Ctrl-C must not kill the exit either).
@@ -40,7 +53,8 @@ def demo(*, duration: float, datapath: str, prefix: str, as_json: bool, live: bo
 
         run_demo(DemoOptions(duration=duration, datapath=datapath, prefix=prefix,
                              as_json=as_json, live=live, token_interval=token_interval,
-                             log_dir=log_dir), interrupts)
+                             log_dir=log_dir, baseline=baseline,
+                             save_captures=save_captures, plot=plot), interrupts)
     finally:
         interrupts.finish()
 

@@ -10,11 +10,12 @@ import click
 from ..compare.model import Config
 from ..compare.passthrough import parse_rule
 from ..errors import InputError
+from .types import finite_float
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ENGINE_OPTIONS: list[Callable[[F], F]] = [
-    click.option("--compare-timeout", type=click.FloatRange(min=1.0), default=3000.0,
+    click.option("--compare-timeout", type=finite_float(min=1.0), default=3000.0,
                  show_default=True, help="ms a frame may stay unmatched before a checkpoint."),
     click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
                  help="Frames held per connection and side before a checkpoint."),

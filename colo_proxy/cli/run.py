@@ -1,42 +1,24 @@
-"""``colo-proxy run --datapath X``: dispatch to one of the datapaths.
+"""``colo-proxy run <datapath>``: one sub-command per datapath.
 
 Each datapath contributes a module ``colo_proxy.cli.run_<name>`` exporting
-``OPTIONS`` (click option decorators, all optional at click level) and
-``run(params: dict[str, Any], config: Config) -> None`` which validates its own
-options (raising InputError) and runs until stopped.
+``COMMAND`` (built with ``run_options.run_command``: its own options, then the
+seam's and the engine's), so one datapath's options are never accepted by
+another.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from . import run_nfqueue, run_qemu_socket
-from .engine_options import config_from_options, engine_options
-
-_DATAPATHS = {"nfqueue": run_nfqueue, "qemu-socket": run_qemu_socket}
 
 
-def _apply(options: list[Any], func: Any) -> Any:
-    for option in reversed(options):
-        func = option(func)
-    return func
+@click.group(name="run")
+def run() -> None:
+    """Run a userspace datapath until SIGTERM/SIGINT."""
 
 
-def _build() -> click.Command:
-    def run(datapath: str, **params: Any) -> None:
-        """Run a userspace datapath until interrupted."""
-        config = config_from_options(params)
-        _DATAPATHS[datapath].run(params, config)
+run.add_command(run_nfqueue.COMMAND)
+run.add_command(run_qemu_socket.COMMAND)
 
-    func: Any = run
-    func = _apply(run_qemu_socket.OPTIONS, func)
-    func = _apply(run_nfqueue.OPTIONS, func)
-    func = engine_options(func)
-    func = click.option("--datapath", type=click.Choice(sorted(_DATAPATHS)), required=True,
-                        help="Where packets come from.")(func)
-    return click.command(name="run")(func)
-
-
-COMMANDS = [_build()]
+COMMANDS = [run]

@@ -1,7 +1,9 @@
-"""``colo-proxy run --datapath nfqueue``: options and entry point (docs/datapaths.md)."""
+"""``colo-proxy run nfqueue``: options and entry point (docs/datapaths.md)."""
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -9,37 +11,34 @@ import click
 
 from ..compare.model import Config
 from ..errors import InputError
+from .run_options import checkpoint_options, run_command
+
+POLICIES = ["flush", "cmd"]
 
 OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--netns", metavar="NAME",
-                 help="[nfqueue] Network namespace of the queues and rules (phost)."),
-    click.option("--pvm-if", metavar="IF", help="[nfqueue] phost interface facing the PVM."),
+                 help="Network namespace of the queues and rules (phost)."),
+    click.option("--pvm-if", metavar="IF",
+                 help="phost interface facing the PVM."),
     click.option("--fwd-if", metavar="IF",
-                 help="[nfqueue] phost interface of the forward link (SVM output arrives here)."),
+                 help="phost interface of the forward link (SVM output arrives here)."),
     click.option("--queue-primary", type=click.IntRange(0, 65535), default=0, show_default=True,
-                 help="[nfqueue] NFQUEUE number for PVM output."),
+                 help="NFQUEUE number for PVM output."),
     click.option("--queue-secondary", type=click.IntRange(0, 65535), default=1,
-                 show_default=True, help="[nfqueue] NFQUEUE number for SVM output."),
+                 show_default=True, help="NFQUEUE number for SVM output."),
     click.option("--queue-maxlen", type=click.IntRange(1, 1 << 20), default=1024,
-                 show_default=True, help="[nfqueue] Packets each queue may hold in the kernel."),
+                 show_default=True, help="Packets each queue may hold in the kernel."),
     click.option("--fail-closed", is_flag=True,
-                 help="[nfqueue] Stop PVM traffic while no consumer runs (default: fail open)."),
+                 help="Stop PVM traffic while no consumer runs (default: fail open)."),
     click.option("--rules", "nfq_rules", type=click.Choice(["iptables", "nft", "none"]),
                  default="iptables", show_default=True,
-                 help="[nfqueue] Install the rules: all with iptables-restore, guard in an nft "
+                 help="Install the rules: all with iptables-restore, guard in an nft "
                       "table (queue rules stay iptables), or none (managed by the operator)."),
     click.option("--iptables-backend", type=click.Choice(["nft", "legacy"]), default="nft",
-                 show_default=True, help="[nfqueue] iptables-nft-restore or iptables-legacy."),
-    click.option("--checkpoint", "checkpoint_policy", type=click.Choice(["flush", "cmd"]),
-                 default="flush", show_default=True,
-                 help="[nfqueue] flush: no VM state, a checkpoint is an immediate flush; "
-                      "cmd: run --checkpoint-cmd and flush when it exits 0."),
-    click.option("--checkpoint-cmd", metavar="CMD",
-                 help="[nfqueue] Shell command per checkpoint request (env COLO_REASON, "
-                      "COLO_KEY, COLO_DETAIL); implies --checkpoint cmd."),
-    click.option("--events", metavar="FILE|-", help="[nfqueue] Write JSON-lines events here."),
-    click.option("--stats-interval", type=click.FloatRange(min=0.01), default=0.5,
-                 show_default=True, help="[nfqueue] Seconds between stats events."),
+                 show_default=True, help="iptables-nft-restore or iptables-legacy."),
+    *checkpoint_options(POLICIES, "flush (default): no VM state, a checkpoint is an "
+                                  "immediate flush; cmd: run --checkpoint-cmd and flush when "
+                                  "it exits 0."),
 ]
 
 
@@ -49,16 +48,18 @@ def settings_from_params(params: dict[str, Any]) -> Any:
 
     missing = [f"--{n.replace('_', '-')}" for n in ("pvm_if", "fwd_if") if not params.get(n)]
     if missing:
-        raise InputError(f"--datapath nfqueue needs {', '.join(missing)}")
+        raise InputError(f"run nfqueue needs {', '.join(missing)}")
+    if params["pvm_if"] == params["fwd_if"]:
+        raise InputError(f"--pvm-if and --fwd-if must differ (both {params['pvm_if']!r})")
     qp, qs = params.get("queue_primary", 0), params.get("queue_secondary", 1)
     if qp == qs:
         raise InputError("--queue-primary and --queue-secondary must differ")
     cmd = params.get("checkpoint_cmd") or None
-    policy = params.get("checkpoint_policy") or "flush"
+    policy = params.get("checkpoint_policy") or ("cmd" if cmd else "flush")
     if policy == "cmd" and not cmd:
         raise InputError("--checkpoint cmd needs --checkpoint-cmd CMD")
-    if params.get("nfq_rules", "iptables") == "none" and params.get("netns") is None:
-        pass  # rules managed elsewhere; nothing to validate
+    if policy == "flush" and cmd:
+        raise InputError("--checkpoint-cmd is only used with --checkpoint cmd")
     return NfqueueSettings(
         pvm_if=params["pvm_if"], fwd_if=params["fwd_if"], netns=params.get("netns") or None,
         queue_primary=qp, queue_secondary=qs,
@@ -66,7 +67,7 @@ def settings_from_params(params: dict[str, Any]) -> Any:
         fail_closed=bool(params.get("fail_closed")),
         rules=params.get("nfq_rules") or "iptables",
         iptables_backend=params.get("iptables_backend") or "nft",
-        checkpoint="cmd" if cmd else "flush", checkpoint_cmd=cmd,
+        checkpoint=policy, checkpoint_cmd=cmd,
         events=params.get("events") or None,
         stats_interval=float(params.get("stats_interval") or 0.5),
     )
@@ -75,4 +76,11 @@ def settings_from_params(params: dict[str, Any]) -> Any:
 def run(params: dict[str, Any], config: Config) -> None:
     from ..datapath.nfqueue import NfqueueDatapath
 
-    NfqueueDatapath(settings_from_params(params), config).run()
+    settings = settings_from_params(params)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="colo-proxy: %(message)s")
+    NfqueueDatapath(settings, config).run()
+
+
+COMMAND = run_command("nfqueue", OPTIONS, run, """Hold PVM output in an NFQUEUE queue until the
+    SVM produced the same bytes (root; docs/datapaths.md).""")

@@ -1,9 +1,10 @@
-"""``colo-proxy run --datapath qemu-socket``: options and entry point (docs/qemu.md)."""
+"""``colo-proxy run qemu-socket``: options and entry point (docs/qemu.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,37 +12,50 @@ from typing import Any
 import click
 
 from ..compare.model import Config
-from ..datapath.endpoints import parse_endpoint
+from ..datapath.endpoints import Endpoint, parse_endpoint
 from ..errors import ColoError, InputError
+from .run_options import checkpoint_options, run_command
+from .types import finite_float
 
 _VNET_NAMES = ("primary-in", "secondary-in", "outdev")
+POLICIES = ["notify", "cmd", "flush", "none"]
 
 OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--primary-in", metavar="ENDPOINT",
-                 help="[qemu-socket] Primary guest output from filter-redirector: "
+                 help="Primary guest output from filter-redirector: "
                       "tcp:HOST:PORT or unix:PATH, add ',server' to listen."),
     click.option("--secondary-in", metavar="ENDPOINT",
-                 help="[qemu-socket] Secondary guest output (same syntax)."),
+                 help="Secondary guest output (same syntax)."),
     click.option("--outdev", metavar="ENDPOINT",
-                 help="[qemu-socket] Where released primary frames go (same syntax)."),
+                 help="Where released primary frames go (same syntax)."),
     click.option("--notify-dev", metavar="ENDPOINT",
-                 help="[qemu-socket] colo-compare notify_dev protocol: send DO_CHECKPOINT, "
+                 help="colo-compare notify_dev protocol: send DO_CHECKPOINT, "
                       "receive COLO_CHECKPOINT (same syntax)."),
     click.option("--vnet-hdr", "vnet_hdr", multiple=True,
                  type=click.Choice(["all", *_VNET_NAMES]),
-                 help="[qemu-socket] Endpoint(s) with vnet_hdr_support=on framing "
+                 help="Endpoint(s) with vnet_hdr_support=on framing "
                       "(repeatable; 'all' = the three data endpoints)."),
-    click.option("--on-checkpoint", metavar="CMD",
-                 help="[qemu-socket] Shell command run per checkpoint request; without "
-                      "--notify-dev its exit status 0 means the checkpoint is done."),
-    click.option("--expired-scan-cycle", type=click.FloatRange(min=1.0), default=100.0,
-                 show_default=True,
-                 help="[qemu-socket] ms between timeout scans of the held frames."),
+    *checkpoint_options(POLICIES, "Default: notify with --notify-dev (a --checkpoint-cmd "
+                                  "then only notifies), else cmd with --checkpoint-cmd, "
+                                  "else none (requests are reported, held frames wait)."),
+    click.option("--expired-scan-cycle", type=finite_float(min=1.0), default=100.0,
+                 show_default=True, help="ms between timeout scans of the held frames."),
     click.option("--held-on-exit", type=click.Choice(["flush", "drop"]), default="flush",
                  show_default=True,
-                 help="[qemu-socket] On SIGTERM/SIGINT release held primary frames to "
+                 help="On SIGTERM/SIGINT release held primary frames to "
                       "outdev (flush) or discard them (drop)."),
 ]
+
+
+def _resolve(option: str, ep: Endpoint) -> None:
+    """A TCP host name that does not resolve is bad input, not an endless retry."""
+    if ep.kind != "tcp":
+        return
+    try:
+        socket.getaddrinfo(ep.address, ep.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(f"{option} {ep}: cannot resolve {ep.address!r}: {exc.strerror}") \
+            from None
 
 
 def settings_from_params(params: dict[str, Any]) -> Any:
@@ -51,7 +65,7 @@ def settings_from_params(params: dict[str, Any]) -> Any:
     missing = [f"--{name.replace('_', '-')}" for name in ("primary_in", "secondary_in", "outdev")
                if not params.get(name)]
     if missing:
-        raise InputError(f"--datapath qemu-socket needs {', '.join(missing)}")
+        raise InputError(f"run qemu-socket needs {', '.join(missing)}")
     primary = parse_endpoint(params["primary_in"], "--primary-in")
     secondary = parse_endpoint(params["secondary_in"], "--secondary-in")
     outdev = parse_endpoint(params["outdev"], "--outdev")
@@ -66,15 +80,27 @@ def settings_from_params(params: dict[str, Any]) -> Any:
         if key in seen:
             raise InputError(f"{opt} and {seen[key]} use the same endpoint {key}")
         seen[key] = opt
+    cmd = params.get("checkpoint_cmd") or None
+    policy = params.get("checkpoint_policy") or None
+    if policy == "notify" and notify is None:
+        raise InputError("--checkpoint notify needs --notify-dev ENDPOINT")
+    if policy == "cmd" and not cmd:
+        raise InputError("--checkpoint cmd needs --checkpoint-cmd CMD")
+    if policy in ("flush", "none") and cmd:
+        raise InputError(f"--checkpoint-cmd is not used with --checkpoint {policy}")
+    for opt, ep in named.items():
+        _resolve(opt, ep)
     chosen = set(params.get("vnet_hdr") or ())
     if "all" in chosen:
         chosen = set(_VNET_NAMES)
     return QemuSocketSettings(
         primary_in=primary, secondary_in=secondary, outdev=outdev, notify=notify,
         vnet_hdr=frozenset(name.replace("-", "_") for name in chosen),
-        on_checkpoint=params.get("on_checkpoint") or None,
+        checkpoint_cmd=cmd, checkpoint=policy,
         scan_interval_ms=float(params.get("expired_scan_cycle") or 100.0),
         held_on_exit=params.get("held_on_exit") or "flush",
+        events=params.get("events") or None,
+        stats_interval=float(params.get("stats_interval") or 0.5),
     )
 
 
@@ -90,3 +116,7 @@ def run(params: dict[str, Any], config: Config) -> None:
         asyncio.run(datapath.run())
     except OSError as exc:
         raise ColoError(f"qemu-socket: {exc.strerror or exc}") from None
+
+
+COMMAND = run_command("qemu-socket", OPTIONS, run, """Replace QEMU's -object colo-compare:
+    compare the frames of QEMU's filter-redirectors (docs/qemu.md).""")

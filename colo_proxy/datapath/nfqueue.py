@@ -1,4 +1,4 @@
-"""The NFQUEUE userspace datapath (``colo-proxy run --datapath nfqueue``).
+"""The NFQUEUE userspace datapath (``colo-proxy run nfqueue``).
 
 PVM output waits in the primary queue as a pending verdict until the engine
 releases it (ACCEPT).  SVM output is read from the secondary queue, copied into
@@ -8,6 +8,8 @@ not keep it.  See docs/datapaths.md.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import select
 import signal
@@ -17,19 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..compare import Engine
-from ..compare.model import CheckpointRequest, Config, Decision, Drop, Release, Side
-from ..errors import ColoError
+from ..compare.model import Config, Side
+from ..errors import ColoError, InputError
 from ..rules import RuleManager, RuleSpec
+from ..seam import CommandPolicy, EventWriter, FlushPolicy, Seam
+from ..seam.checkpoint import CheckpointPolicy
 from ..topology import netns as ns_util
 from . import nfqueue_proto as proto
-from .checkpoint import CheckpointPolicy, CommandPolicy, FlushPolicy
-from .nfqueue_events import (
-    EventWriter,
-    LatencyWindow,
-    connection_record,
-    request_record,
-    stats_record,
-)
 from .nfqueue_verdicts import OutstandingIds
 
 # NFQUEUE hands over L3 packets; the engine takes Ethernet frames.  Both sides get
@@ -59,16 +55,7 @@ class NfqueueSettings:
     tick_interval: float = 0.02
 
 
-@dataclass
-class DatapathCounters:
-    verdict_msgs: int = 0
-    batch_msgs: int = 0
-    accepted: int = 0
-    dropped_primary: int = 0
-    dropped_secondary: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+log = logging.getLogger("colo_proxy.nfqueue")
 
 
 class _Queue:
@@ -116,111 +103,122 @@ class _Queue:
 
 
 class NfqueueDatapath:
-    def __init__(self, settings: NfqueueSettings, config: Config) -> None:
+    """The NFQUEUE I/O; decisions become verdicts through the seam (DatapathIO)."""
+
+    def __init__(self, settings: NfqueueSettings, config: Config,
+                 policy: CheckpointPolicy | None = None) -> None:
+        """``policy``: a checkpoint policy object (e.g. the QMP agent's) instead of
+        the one the settings name."""
         self.s = settings
         self.engine = Engine(config)
         self.events = EventWriter(settings.events)
-        self.latency = LatencyWindow()
-        self.counters = DatapathCounters()
-        self.policy: CheckpointPolicy = (
-            CommandPolicy(settings.checkpoint_cmd) if settings.checkpoint_cmd else FlushPolicy())
-        self.held: dict[int, Any] = {}
-        """PVM packets (netfilterqueue objects) by id, until their verdict."""
+        self.start = time.monotonic()
+        self.policy: CheckpointPolicy = policy if policy is not None else (
+            CommandPolicy(settings.checkpoint_cmd) if settings.checkpoint == "cmd"
+            and settings.checkpoint_cmd else FlushPolicy())
+        self.seam = Seam(self.engine, self.policy, self, events=self.events,
+                         clock_ms=self.now_ms, log=log.debug, warn=log.warning)
+        self.counters = self.seam.counters
+        for name in ("verdict_msgs", "batch_msgs", "accepted", "dropped_primary",
+                     "dropped_secondary", "exit_unread_primary", "exit_unread_secondary"):
+            self.counters.io[name] = 0
+        self.held: dict[int, int] = {}
+        """Payload sizes of the PVM packets (by id) waiting for their verdict."""
+        self.packets: dict[int, Any] = {}
+        """The netfilterqueue packet objects by id, until their verdict."""
         self.outstanding = OutstandingIds()
         self.pvm_in: list[Any] = []
         self.svm_in: list[Any] = []
-        self.start = time.monotonic()
+        self._accept: set[int] = set()
+        self._drop: set[int] = set()
         self.exit_reason = "stopped"
 
     def now_ms(self) -> float:
         return (time.monotonic() - self.start) * 1000.0
 
-    # --- decisions -> verdicts -------------------------------------------------
-    def _apply(self, decisions: list[Decision], accept: set[int], drop: set[int]) -> None:
-        for d in decisions:
-            if isinstance(d, Release):
-                if isinstance(d.tag, int):
-                    accept.add(d.tag)
-                    self.latency.add(d.held_ms)
-            elif isinstance(d, Drop):
-                if d.side == Side.PRIMARY and isinstance(d.tag, int):
-                    drop.add(d.tag)
-            elif isinstance(d, CheckpointRequest):
-                self.events.emit("checkpoint-request", **request_record(d),
-                                 policy=self.policy.name,
-                                 note=self.policy.note if self.policy.name == "flush" else None)
-                self.policy.start(d)
+    # --- DatapathIO: the seam's releases and drops become verdicts ------------
+    def release(self, tags: list[object]) -> int:
+        size = 0
+        held = self.held
+        for tag in tags:
+            if isinstance(tag, int):
+                self._accept.add(tag)
+                size += held.get(tag, 0)
+        return size
 
-    def _settle(self, pvm: _Queue, accept: set[int], drop: set[int]) -> None:
-        for ids, verdict in ((accept, proto.NF_ACCEPT), (drop, proto.NF_DROP)):
+    def drop(self, tags: list[object]) -> None:
+        for tag in tags:
+            if isinstance(tag, int):
+                self._drop.add(tag)
+
+    def _settle(self, pvm: _Queue) -> None:
+        io = self.counters.io
+        for ids, verdict in ((self._accept, proto.NF_ACCEPT), (self._drop, proto.NF_DROP)):
             if not ids:
                 continue
             plan = self.outstanding.settle(ids, MIN_BATCH)
             if plan.batch_last is not None:
                 pvm.batch(plan.batch_last, verdict)
-                self.counters.batch_msgs += 1
+                io["batch_msgs"] += 1
             single = set(plan.single)
             for packet_id in ids:
-                packet = self.held.pop(packet_id, None)
+                self.held.pop(packet_id, None)
+                packet = self.packets.pop(packet_id, None)
                 if packet is not None and packet_id in single:
                     packet.accept() if verdict == proto.NF_ACCEPT else packet.drop()
-                    self.counters.verdict_msgs += 1
+                    io["verdict_msgs"] += 1
             if verdict == proto.NF_ACCEPT:
-                self.counters.accepted += len(ids)
+                io["accepted"] += len(ids)
+                self.counters.delivered_frames += len(ids)
             else:
-                self.counters.dropped_primary += len(ids)
+                io["dropped_primary"] += len(ids)
+            ids.clear()
 
     # --- input -----------------------------------------------------------------
     def _consume(self, pvm: _Queue, svm: _Queue) -> None:
         now = self.now_ms()
-        accept: set[int] = set()
-        drop: set[int] = set()
         push = self.engine.push
+        handle = self.seam.handle
         if self.svm_in:
             packets, self.svm_in[:] = list(self.svm_in), []
             for p, payload in packets:
                 frame = _ETH_PAD + p.hw_protocol.to_bytes(2, "big") + payload
-                self._apply(push(Side.SECONDARY, frame, now, None), accept, drop)
+                handle(push(Side.SECONDARY, frame, now, None))
             # Copied into the engine: drop them all now (ids are contiguous).
-            if len(packets) >= MIN_BATCH:
-                svm.batch(packets[-1][0].id, proto.NF_DROP)
-                self.counters.batch_msgs += 1
-            else:
-                for p, _ in packets:
-                    p.drop()
-                    self.counters.verdict_msgs += 1
-            self.counters.dropped_secondary += len(packets)
+            self._drop_secondaries(svm, packets)
         if self.pvm_in:
             packets, self.pvm_in[:] = list(self.pvm_in), []
             for p, payload in packets:
-                self.held[p.id] = p
+                self.packets[p.id] = p
+                self.held[p.id] = len(payload)
                 self.outstanding.add(p.id)
                 frame = _ETH_PAD + p.hw_protocol.to_bytes(2, "big") + payload
-                self._apply(push(Side.PRIMARY, frame, now, p.id), accept, drop)
-        self._settle(pvm, accept, drop)
+                handle(push(Side.PRIMARY, frame, now, p.id))
+        self._settle(pvm)
 
-    def _checkpoint_done(self, pvm: _Queue) -> None:
-        accept: set[int] = set()
-        drop: set[int] = set()
-        decisions = self.engine.checkpoint_done(self.now_ms())
-        self._apply(decisions, accept, drop)
-        secondary_dropped = sum(1 for d in decisions if isinstance(d, Drop)
-                                and d.side == Side.SECONDARY)
-        self._settle(pvm, accept, drop)
-        self.events.emit("checkpoint-done", released=len(accept),
-                         dropped=len(drop) + secondary_dropped, policy=self.policy.name,
-                         note=self.policy.note)
+    def _drop_secondaries(self, svm: _Queue, packets: list[Any]) -> None:
+        io = self.counters.io
+        if len(packets) >= MIN_BATCH:
+            svm.batch(packets[-1][0].id, proto.NF_DROP)
+            io["batch_msgs"] += 1
+        else:
+            for p, _ in packets:
+                p.drop()
+                io["verdict_msgs"] += 1
+        io["dropped_secondary"] += len(packets)
 
     def _stats(self) -> None:
-        self.events.emit(
-            "stats",
-            counters=stats_record(self.engine.stats),
-            connections=[connection_record(c) for c in self.engine.connections()],
-            latency_ms=self.latency.report(),
-            datapath=self.counters.as_dict(),
-        )
+        self.seam.stats()
 
     # --- main loop -------------------------------------------------------------
+    def _check_interfaces(self) -> None:
+        where = f" in netns {self.s.netns}" if self.s.netns else ""
+        for option, name in (("--pvm-if", self.s.pvm_if), ("--fwd-if", self.s.fwd_if)):
+            try:
+                socket.if_nametoindex(name)
+            except OSError:
+                raise InputError(f"{option} {name}: no such interface{where}") from None
+
     def run(self) -> None:
         try:
             self.engine.tick(0.0)
@@ -228,6 +226,7 @@ class NfqueueDatapath:
             raise ColoError("the comparison engine is not implemented yet") from None
         if self.s.netns:
             ns_util.enter(self.s.netns)  # NFQUEUE queues and the rules are per netns
+        self._check_interfaces()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         old_wakeup = signal.set_wakeup_fd(wake_w)
@@ -254,6 +253,10 @@ class NfqueueDatapath:
                     netns=None, backend=self.s.iptables_backend)
                 rules.apply()
             self.events.emit("ready")
+            log.info("nfqueue datapath running (queues %d/%d, %s -> %s, checkpoint policy %s, "
+                     "%s)", self.s.queue_primary, self.s.queue_secondary, self.s.pvm_if,
+                     self.s.fwd_if, self.policy.name,
+                     "fail-closed" if self.s.fail_closed else "fail-open")
             self._loop(pvm, svm, wake_r, stop)
             self.exit_reason = f"signal {signal.Signals(stop['signal']).name}"
         except ColoError as exc:
@@ -263,11 +266,16 @@ class NfqueueDatapath:
             self.exit_reason = f"crash: {exc!r}"
             raise
         finally:
-            self.policy.stop()
+            # Exit order: no new packets reach the queues (rules removed), the packets
+            # already queued but not read get the exit rule's verdict, everything the
+            # engine holds is settled by the rule, and only then the exit figures.
             if rules is not None:
                 rules.remove()
+            if pvm is not None and svm is not None:
+                self._settle_on_exit(pvm, svm)
+            else:
+                self.policy.stop()
             if pvm is not None:
-                self._release_on_exit(pvm)
                 pvm.close()
             if svm is not None:
                 svm.close()
@@ -276,18 +284,52 @@ class NfqueueDatapath:
                 signal.signal(sig, handler)
             os.close(wake_r)
             os.close(wake_w)
-            self._stats()
-            self.events.emit("exit", reason=self.exit_reason)
-            self.events.close()
+            c = self.counters
+            s = self.engine.stats
+            log.info("exit: frames primary=%d secondary=%d released=%d accepted=%d "
+                     "dropped-primary=%d checkpoint-requests=%d checkpoints-done=%d",
+                     s.frames[0], s.frames[1], c.released_frames, c.io["accepted"],
+                     c.io["dropped_primary"], sum(c.checkpoint_requests.values()),
+                     c.checkpoints_done)
+            self.seam.finish(self.exit_reason)
 
-    def _release_on_exit(self, pvm: _Queue) -> None:
+    def _settle_on_exit(self, pvm: _Queue, svm: _Queue) -> None:
         """Orderly exit: held PVM packets are accepted in fail-open mode (the rules
-        are gone, traffic flows unprotected anyway) and dropped in fail-closed mode."""
-        ids = self.outstanding.drain()
-        if ids:
-            verdict = proto.NF_DROP if self.s.fail_closed else proto.NF_ACCEPT
-            pvm.batch(max(ids), verdict)
+        are gone, traffic flows unprotected anyway) and dropped in fail-closed mode;
+        the same holds for PVM packets queued but not read yet.  Every verdict is
+        counted."""
+        rule = "drop" if self.s.fail_closed else "flush"
+        # Packets the kernel queued before the rules went: read them, uncompared.
+        with contextlib.suppress(OSError):
+            svm.read()
+            pvm.read()
+        io = self.counters.io
+        if self.svm_in:
+            packets, self.svm_in[:] = list(self.svm_in), []
+            io["exit_unread_secondary"] += len(packets)
+            self._drop_secondaries(svm, packets)
+        unread = list(self.pvm_in)
+        self.pvm_in.clear()
+        self.seam.settle(rule)
+        for p, payload in unread:
+            self.packets[p.id] = p
+            self.held[p.id] = len(payload)
+            self.outstanding.add(p.id)
+        ids: list[object] = [p.id for p, _ in unread]
+        io["exit_unread_primary"] += len(ids)
+        if rule == "flush":
+            self.counters.exit_released += len(ids)
+            self.counters.released_frames += len(ids)
+            self.counters.released_bytes += self.release(ids)
+        else:
+            self.counters.exit_dropped_primary += len(ids)
+            self.drop(ids)
+        self._settle(pvm)
+        left = self.outstanding.drain()
+        if left:  # none expected: every held id was settled above
+            pvm.batch(max(left), proto.NF_DROP if self.s.fail_closed else proto.NF_ACCEPT)
         self.held.clear()
+        self.packets.clear()
 
     def _loop(self, pvm: _Queue, svm: _Queue, wake: int, stop: dict[str, int]) -> None:
         fds = [pvm.fd, svm.fd, wake]
@@ -297,6 +339,8 @@ class NfqueueDatapath:
             readable, _, _ = select.select(fds, [], [], timeout)
             if wake in readable:
                 os.read(wake, 512)
+            if stop["signal"]:
+                break  # stop reading input first
             if svm.fd in readable:
                 svm.read()
             if pvm.fd in readable:
@@ -306,17 +350,10 @@ class NfqueueDatapath:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + self.s.tick_interval
-                accept: set[int] = set()
-                drop: set[int] = set()
-                self._apply(self.engine.tick(self.now_ms()), accept, drop)
-                self._settle(pvm, accept, drop)
-            outcome = self.policy.poll()
-            if outcome is not None:
-                if outcome.done:
-                    self._checkpoint_done(pvm)
-                else:
-                    self.events.emit("checkpoint-failed", rc=outcome.failed_rc,
-                                     retry_s=getattr(self.policy, "retry_s", None))
+                self.seam.tick()
+            else:
+                self.seam.poll()
+            self._settle(pvm)
             if now >= next_stats:
                 next_stats = now + self.s.stats_interval
                 self._stats()

@@ -15,7 +15,7 @@ CLI = [sys.executable, "-c", "from colo_proxy.cli import main; main()"]
 
 
 def nfqueue_argv(topo: Topology, stats_interval: float) -> list[str]:
-    return [*CLI, "run", "--datapath", "nfqueue", "--netns", topo.phost,
+    return [*CLI, "run", "nfqueue", "--netns", topo.phost,
             "--pvm-if", topo.phost_pvm_if, "--fwd-if", topo.phost_fwd_if,
             # Fail closed: when the queue is full the kernel drops (TCP retransmits)
             # instead of letting PVM frames past the comparison.

@@ -12,10 +12,12 @@ divergence (that is what "first difference" means) followed by its 64 bytes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Console
 
 from ..compare.model import Divergence
-from ..diff.context import decode_context
+from ..diff.context import Context, decode_context
 from ..diff.hexdump import hexdump_rows, window
 from ..diff.render import Renderer
 from ..diff.report import HEX_WIDTH, WINDOW_BYTES, DivergenceReport
@@ -54,5 +56,25 @@ def divergence_report(cp: CheckpointRequested, primary: bytes | None = None,
         secondary_context=decode_context(sstream, at, pstream, at))
 
 
+def _clip(ctx: Context | None, side: str, width: int) -> Context | None:
+    """``ctx`` with its text cut around the divergence so that the renderer's line
+    (``    <side> <label>: <text>``) fits ``width`` columns."""
+    if ctx is None:
+        return None
+    room = width - len(f"    {side:<9} {ctx.label}: ")
+    if len(ctx.text) <= room or room < 20:
+        return ctx
+    start = max(0, min(ctx.column - room // 3, len(ctx.text) - room))
+    end = start + room
+    marks = tuple((max(a, start) - start, min(b, end) - start) for a, b in ctx.marks
+                  if b > start and a < end)
+    return replace(ctx, text=ctx.text[start:end], column=ctx.column - start, marks=marks)
+
+
 def print_divergence(console: Console, report: DivergenceReport) -> None:
+    """The report as ``colo-proxy diff`` renders it, its decoded lines cut to the
+    console's width."""
+    width = console.width
+    report = replace(report, primary_context=_clip(report.primary_context, "primary", width),
+                     secondary_context=_clip(report.secondary_context, "secondary", width))
     Renderer(console).divergence(report)

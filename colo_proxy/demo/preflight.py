@@ -62,6 +62,12 @@ def check_tools() -> None:
         raise ColoError("demo: missing tools: " + ", ".join(missing) + "; run: make deps")
 
 
+def require_tool(tool: str, package: str) -> None:
+    if shutil.which(tool) is None:
+        raise ColoError(f"demo: missing tools: {tool} (Debian package {package}); "
+                        "run: make deps")
+
+
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
 

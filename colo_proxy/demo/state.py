@@ -64,6 +64,20 @@ class DemoState:
     datapath_log: list[str] = field(default_factory=list)
     latency_windows: list[dict[str, float]] = field(default_factory=list)
     """``latency_ms`` of every stats event that saw releases (one per interval)."""
+    checkpoint_times: list[float] = field(default_factory=list)
+    """When each checkpoint request reached the demo (its clock, like ``elapsed``)."""
+    baseline: list[dict[str, Any]] = field(default_factory=list)
+    """The requests of the unprotected baseline phase."""
+    _baseline_part: int = 1
+    _baseline_offset: float = 0.0
+
+    def baseline_part(self, part: int) -> None:
+        """The baseline's next part starts (its driver's clock starts at 0 again)."""
+        with self.lock:
+            self._baseline_part = part
+            if self.baseline:
+                last = self.baseline[-1]
+                self._baseline_offset = float(last["baseline_t"]) + float(last["ms"]) / 1000
 
     def restart_clock(self) -> None:
         """Count time from now on (when the traffic starts)."""
@@ -90,6 +104,7 @@ class DemoState:
                         self._merge_conn(conn, event.t)
                 case CheckpointRequested():
                     self.checkpoints.append(event)
+                    self.checkpoint_times.append(time.monotonic() - self.started)
                 case CheckpointDone():
                     self.flushes.append(event)
                 case Exit():
@@ -115,14 +130,30 @@ class DemoState:
                 view.checkpoint_requests) != before:
             view.last_active = t
 
-    def on_driver_line(self, line: str) -> None:
+    def on_driver_line(self, line: str, baseline: bool = False) -> None:
+        """One line of a traffic driver (``baseline``: the unprotected phase's)."""
         try:
             obj = json.loads(line)
         except ValueError:
             obj = None
         with self.lock:
             if isinstance(obj, dict) and obj.get("event") == "request":
+                if baseline:
+                    # One time axis over both parts of the baseline.
+                    t = obj.get("t")
+                    obj["baseline_part"] = self._baseline_part
+                    obj["baseline_t"] = round(self._baseline_offset + (
+                        float(t) if isinstance(t, int | float) else 0.0), 3)
+                    self.baseline.append(obj)
+                    return
+                # When the request started, on the demo's clock (the driver's own
+                # clock starts when its interpreter is up).
+                ms = obj.get("ms")
+                spent = float(ms) / 1000.0 if isinstance(ms, int | float) else 0.0
+                obj["demo_t"] = round(time.monotonic() - self.started - spent, 3)
                 self.requests.append(obj)
+            elif baseline:
+                return
             elif isinstance(obj, dict) and obj.get("event") == "done":
                 self.driver_done = obj
             else:
@@ -135,7 +166,8 @@ class DemoState:
                 elapsed=self.elapsed(), ready=self.ready, requests=list(self.requests),
                 stats=self.stats, conns=dict(self.conns), checkpoints=list(self.checkpoints),
                 flushes=list(self.flushes), exit_reason=self.exit_reason,
-                latency_windows=list(self.latency_windows))
+                latency_windows=list(self.latency_windows),
+                checkpoint_times=list(self.checkpoint_times), baseline=list(self.baseline))
 
 
 @dataclass
@@ -149,28 +181,26 @@ class DemoSnapshot:
     flushes: list[CheckpointDone]
     exit_reason: str | None
     latency_windows: list[dict[str, float]]
+    checkpoint_times: list[float] = field(default_factory=list)
+    baseline: list[dict[str, Any]] = field(default_factory=list)
 
     def latency_last(self) -> dict[str, float]:
         """The latest stats interval that released anything."""
         return self.latency_windows[-1] if self.latency_windows else {}
 
-    def latency_run(self) -> dict[str, float]:
-        """Over the whole run, from the per-interval figures: releases, the
-        release-weighted median of the interval medians, the worst interval p99,
-        the maximum."""
+    def hold_time(self) -> dict[str, Any]:
+        """The PVM frame hold time over the run, from the per-interval figures the
+        datapath reports (count, p50, p99, max of each stats interval).  Those do not
+        add up to run-wide percentiles, so they are named for what they are."""
         wins = self.latency_windows
         if not wins:
-            return {}
-        total = sum(w["count"] for w in wins)
-        acc = 0.0
-        median = 0.0
-        for w in sorted(wins, key=lambda w: w["p50"]):
-            acc += w["count"]
-            if acc >= total / 2:
-                median = w["p50"]
-                break
-        return {"count": total, "p50": median, "p99": max(w["p99"] for w in wins),
-                "max": max(w["max"] for w in wins)}
+            return {"releases": 0, "intervals": 0}
+        return {"releases": int(sum(w["count"] for w in wins)), "intervals": len(wins),
+                "intervals_with_median_0": sum(1 for w in wins if w["p50"] < 0.0005),
+                "largest_interval_median": max(w["p50"] for w in wins),
+                "worst_interval_p99": max(w["p99"] for w in wins),
+                "max": max(w["max"] for w in wins),
+                "intervals_with_max_over_150": sum(1 for w in wins if w["max"] > 150.0)}
 
     def counter(self, name: str) -> Any:
         return self.stats.counters.get(name) if self.stats else None

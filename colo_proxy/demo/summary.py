@@ -3,6 +3,7 @@ same divergence report as ``colo-proxy diff``."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from rich.console import Console
@@ -11,8 +12,22 @@ from rich.text import Text
 from .content import expected_body
 from .events import CheckpointRequested
 from .explain import divergence_report, print_divergence
+from .latency import LatencyHistogram, describe, fmt_ms
 from .state import DemoSnapshot, key_ports
-from .view import FLUSH_NOTE, human_bytes
+from .view import FLUSH_NOTE, human_bytes, say
+
+BASELINE_NOTE = ("same namespaces and services, the secondary still gets every request; "
+                 "the primary host routes the primary's answers straight to the client and "
+                 "drops the secondary's: no datapath in the path")
+HOLD_NOTE_0 = ("median 0 ms: the hold time runs from the datapath reading a primary frame to "
+               "its release; the secondary's twin is usually read first or in the same batch, "
+               "so most frames leave at once (the NFQUEUE round trip is not in it; the "
+               "request latency above includes it)")
+HOLD_NOTE_200 = ("the ~200 ms tail: frames released only with a retransmission: the twin did "
+                 "not come (or did not match) in time, the client's ACK did not come either, "
+                 "and both replicas' TCP resent the segment after Linux's minimum "
+                 "retransmission timeout of 200 ms (--save-captures shows the resent segment "
+                 "in both captures)")
 
 
 def _client_port(key: str | None) -> int | None:
@@ -22,10 +37,6 @@ def _client_port(key: str | None) -> int | None:
     sport, dport = ports
     # The proxy compares what the VMs send: server port -> client port.
     return dport if sport in (80,) else sport
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _conn_of_port(snap: DemoSnapshot) -> dict[int, int]:
@@ -80,6 +91,42 @@ def _positions(cp: CheckpointRequested, reqs: list[dict[str, Any]]) -> dict[str,
     return None if p < 0 or s < 0 else {"primary": p, "secondary": s}
 
 
+def _phase_latency(requests: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in requests if r.get("ok")]
+    out = LatencyHistogram(float(r["ms"]) for r in ok).summary()
+    out["failed"] = len(requests) - len(ok)
+    out["by_kind"] = {kind: LatencyHistogram(float(r["ms"]) for r in ok
+                                             if r.get("kind") == kind).summary()
+                      for kind in sorted({str(r.get("kind")) for r in ok})}
+    for stats in out["by_kind"].values():
+        del stats["histogram"]
+    return out
+
+
+def request_latency(snap: DemoSnapshot) -> dict[str, Any]:
+    """Client-measured request latency (request sent to last response byte; the TCP
+    handshake not included) of the protected run and of the unprotected baseline."""
+    return {"protected": _phase_latency(snap.requests),
+            "baseline": _phase_latency(snap.baseline) if snap.baseline else None,
+            "baseline_method": BASELINE_NOTE if snap.baseline else None}
+
+
+def cause_label(entry: dict[str, Any]) -> str:
+    """What caused a checkpoint, short enough to group by: "token at offset 161"."""
+    div = entry["divergence"]
+    at = f" at offset {div['offset']}" if div is not None else ""
+    if entry["in_token"]:
+        # Where the token starts: the divergence itself is a byte or two later when
+        # the two tokens happen to begin with the same digits.
+        return f"token at offset {entry['token_offset']}"
+    pos = entry["stream_positions"]
+    if pos is not None and pos["primary"] != pos["secondary"]:
+        return f"misaligned comparison{at}"
+    if entry["reason"] == "payload-mismatch" and div is not None:
+        return f"payload mismatch{at}"
+    return str(entry["reason"])
+
+
 def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[str, Any]:
     """The machine-readable summary (``--json``)."""
     by_conn: dict[int, list[dict[str, Any]]] = {}
@@ -101,7 +148,8 @@ def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[st
             "divergence": None if cp.divergence is None else {
                 "offset": cp.divergence.offset, "primary": cp.divergence.primary.hex(),
                 "secondary": cp.divergence.secondary.hex()},
-            "connection": conn, "requests": [], "in_token": None, "stream_positions": None,
+            "connection": conn, "requests": [], "in_token": None, "token_offset": None,
+            "stream_positions": None,
         }
         if conn is not None:
             conns_with_cp.add(conn)
@@ -112,8 +160,10 @@ def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[st
             tokens = [r for r in reqs if r.get("token")]
             if tokens:
                 entry["in_token"] = _token_matches(cp, tokens[0])
+                entry["token_offset"] = int(tokens[0]["token_span"][0])
             else:
                 entry["stream_positions"] = _positions(cp, reqs)
+        entry["cause"] = cause_label(entry)
         checkpoints.append(entry)
 
     token_requests = []
@@ -162,7 +212,8 @@ def build_summary(snap: DemoSnapshot, duration: float, datapath: str) -> dict[st
         "checkpoint_list": checkpoints,
         "bytes_compared": counters.get("bytes_compared", 0),
         "frames_released": counters.get("released", 0),
-        "latency_ms": snap.latency_run(),
+        "request_latency_ms": request_latency(snap),
+        "hold_time_ms": snap.hold_time(),
         "counters": counters,
         "datapath_exit": snap.exit_reason,
     }
@@ -191,53 +242,122 @@ def _explain(entry: dict[str, Any]) -> str:
     return f"{entry['detail'] or entry['reason']} ({what})."
 
 
-def print_summary(console: Console, summary: dict[str, Any], snap: DemoSnapshot) -> None:
-    """The human-readable summary."""
-    req, cps, conns = summary["requests"], summary["checkpoints"], summary["connections"]
+def _say(console: Console, text: str | Text) -> None:
+    say(console, text)
 
-    def say(text: str | Text) -> None:
-        console.print(text, highlight=False, soft_wrap=True)
 
-    console.rule("colo-proxy demo: summary")
-    say(f"datapath {summary['datapath']}, traffic for {summary['duration_s']:.1f} s")
-    kinds = ", ".join(f"{k} {v}" for k, v in sorted(req["by_kind"].items()))
-    say(f"HTTP requests: {req['total']} sent, {req['complete']} complete responses, "
-                  f"{req['failed']} failed  ({kinds})")
-    others = conns["other_flows"]
-    also = (f"; the datapath also saw {_plural(len(others), 'flow')} of the VMs' own "
-            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else "")
-    say(f"connections: {conns['total']} opened by the client "
-        f"({conns['deterministic']} deterministic, {conns['token']} with a token), "
-        f"{conns['client_seen_by_proxy']} of them listed in the datapath's stats{also}")
-    say(f"compared {human_bytes(int(summary['bytes_compared']))} of the replicas' output, "
-        f"released {summary['frames_released']} primary frames to the client")
-    lat = summary["latency_ms"]
-    if lat.get("count"):
-        first = " (0: the secondary's copy usually came first)" if lat["p50"] < 0.005 else ""
-        say(f"release latency (PVM frame hold time): median {lat['p50']:.2f} ms{first}, "
-            f"worst interval p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms over "
-            f"{int(lat['count'])} releases")
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(cps["by_reason"].items())) or "none"
-    say(f"checkpoint requests: {cps['requested']} ({reasons}); flushes: "
-        f"{cps['flushes']} (released "
-        f"{_plural(cps['released_by_flushes'], 'held primary frame')}, dropped "
-        f"{_plural(cps['dropped_by_flushes'], 'secondary frame')})")
-    bad = conns["deterministic_with_checkpoint"]
-    if bad:
-        say(Text(f"deterministic connections that needed a checkpoint: {bad}",
-                           style="red"))
-    else:
-        say(Text("every deterministic connection matched without a checkpoint",
-                           style="green"))
-    say(Text(FLUSH_NOTE, style="italic"))
-    for i, (entry, cp) in enumerate(zip(summary["checkpoint_list"], snap.checkpoints,
-                                        strict=True), start=1):
-        console.rule(f"checkpoint {i}: {entry['reason']} at {entry['t']:.2f} s", style="dim")
-        say(f"connection: {entry['key'] or '-'}")
-        say(_explain(entry))
+def print_checkpoints(console: Console, summary: dict[str, Any], snap: DemoSnapshot) -> None:
+    """Every checkpoint, grouped by cause: the first of each cause in full (with the
+    divergence report), the others as one line."""
+    entries = summary["checkpoint_list"]
+    console.rule(f"colo-proxy demo: {len(entries)} checkpoint requests", style="dim")
+    if not entries:
+        _say(console, "no checkpoint was requested")
+        return
+    groups: dict[str, list[int]] = {}
+    for i, entry in enumerate(entries):
+        groups.setdefault(entry["cause"], []).append(i)
+    for cause, members in groups.items():
+        first = members[0]
+        entry, cp = entries[first], snap.checkpoints[first]
+        console.rule(f"checkpoint {first + 1}: {entry['reason']} at {entry['t']:.2f} s",
+                     style="dim")
+        _say(console, f"connection: {entry['key'] or '-'}")
+        _say(console, _explain(entry))
         report = divergence_report(cp, *_primary_stream(snap, entry))
         if report is not None:
             print_divergence(console, report)
+        rest = members[1:]
+        if rest:
+            numbers = ", ".join(str(i + 1) for i in rest[:12])
+            more = ", ..." if len(rest) > 12 else ""
+            _say(console, Text(f"{len(rest)} more, same cause: {cause} (checkpoints "
+                               f"{numbers}{more})", style="bold"))
+
+
+def _ratio(prot: float | None, base: float | None) -> str:
+    if prot is None or base is None:
+        return ""
+    diff = prot - base
+    times = f" (x{prot / base:.1f})" if base > 0 else ""
+    return f"{'+' if diff >= 0 else '-'}{fmt_ms(abs(diff))}{times}"
+
+
+def print_headline(console: Console, summary: dict[str, Any]) -> None:
+    """The figures that matter, printed last."""
+    req, cps, conns = summary["requests"], summary["checkpoints"], summary["connections"]
+    say = partial(_say, console)
+    console.rule("colo-proxy demo: summary")
+    say(f"{summary['duration_s']:.1f} s of HTTP through the {summary['datapath']} datapath: "
+        f"{req['total']} requests, {req['complete']} complete and correct, "
+        f"{req['failed']} failed")
+    bad = conns["deterministic_with_checkpoint"]
+    if bad:
+        say(Text(f"deterministic connections that needed a checkpoint: {bad}", style="red"))
+    else:
+        say(Text(f"all {conns['deterministic']} deterministic connections matched without a "
+                 "checkpoint", style="green"))
+    causes: dict[str, int] = {}
+    for entry in summary["checkpoint_list"]:
+        causes[entry["cause"]] = causes.get(entry["cause"], 0) + 1
+    listed = "; ".join(f"{n} x {cause}" for cause, n in causes.items()) or "none"
+    say(f"checkpoint requests: {cps['requested']} ({listed}); {cps['flushes']} flushes")
+    lat = summary["request_latency_ms"]
+    prot, base = lat["protected"], lat["baseline"]
+    say(Text("request latency (client-measured, request sent to last byte received):",
+             style="bold"))
+    say(f"  protected:   {describe(prot)}")
+    if base is not None:
+        say(f"  unprotected: {describe(base)}"
+            + (f"; {base['failed']} requests failed" if base["failed"] else ""))
+        cost = ", ".join(f"{name} {_ratio(prot.get(name), base.get(name))}"
+                         for name in ("p50", "p90", "p99")
+                         if prot.get(name) is not None and base.get(name) is not None)
+        if cost:
+            say(f"  cost of the protection: {cost}")
+        say(Text(f"  unprotected: measured half before, half after the protected run; "
+                 f"{BASELINE_NOTE}",
+                 style="dim"))
+    else:
+        say(Text("  no unprotected baseline (--baseline 0)", style="dim"))
+    hold = summary["hold_time_ms"]
+    if hold.get("releases"):
+        say(Text("primary frame hold time (datapath-measured):", style="bold"))
+        say(f"  median 0 ms in {hold['intervals_with_median_0']} of {hold['intervals']} stats "
+            f"intervals (largest interval median {fmt_ms(hold['largest_interval_median'])}), "
+            f"worst interval p99 {fmt_ms(hold['worst_interval_p99'])}, max "
+            f"{fmt_ms(hold['max'])} over {hold['releases']} releases")
+        say(Text(f"  {HOLD_NOTE_0}", style="dim"))
+        if hold["max"] > 150.0:
+            say(Text(f"  {HOLD_NOTE_200}", style="dim"))
+    say(f"compared {human_bytes(int(summary['bytes_compared']))} of the replicas' output, "
+        f"released {summary['frames_released']} primary frames to the client")
+    say(Text(FLUSH_NOTE, style="italic"))
     if req["failed"]:
         say(Text(f"{req['failed']} requests failed, first: "
-                           f"{req['failures'][0].get('error')}", style="red"))
+                 f"{req['failures'][0].get('error')}", style="red"))
+
+
+def print_next(console: Console, captures: tuple[str, str] | None,
+               plot: str | None = None) -> None:
+    """What to try next."""
+    say = partial(_say, console)
+    say(Text("try next:", style="bold"))
+    if captures is not None:
+        command = f"  colo-proxy diff {captures[0]} {captures[1]}"
+        if len(command) <= console.width:
+            console.print(command, highlight=False, markup=False, soft_wrap=True)
+        else:  # still one shell command to copy, on two lines
+            console.print(f"  colo-proxy diff {captures[0]} \\\n      {captures[1]}",
+                          highlight=False, markup=False, soft_wrap=True)
+        say("      replays the replicas' captured output through the engine offline and "
+            "explains each divergence (docs/diff.md)")
+    else:
+        say("  colo-proxy demo --save-captures DIR, then colo-proxy diff DIR/primary.pcap "
+            "DIR/secondary.pcap (docs/diff.md)")
+    if plot is not None:
+        say(f"  look at {plot}: request latency over time, checkpoints marked")
+    else:
+        say("  colo-proxy demo --plot latency.png: request latency over time, checkpoints "
+            "marked")
+    say("  a real VM pair: QEMU COLO with colo-proxy as its comparer, docs/qemu.md")

@@ -190,10 +190,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between connections (keeps the load modest)")
     parser.add_argument("--timeout", type=float, default=15.0,
                         help="socket timeout per request")
+    parser.add_argument("--first-port", type=int, default=FIRST_PORT,
+                        help="first client port (then upwards)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
 
     driver = Driver(args.server, args.port, args.timeout)
+    driver.next_port = args.first_port
     deadline = driver.start + args.duration
     next_token = driver.start + args.token_interval / 2
     cycle = 0

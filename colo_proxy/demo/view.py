@@ -3,23 +3,40 @@ second or so otherwise (CI logs)."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .state import DemoSnapshot
+from .latency import LatencyHistogram, fmt_ms
+from .state import DemoSnapshot, key_ports
 
 DATAPATH_NOTE = ("it holds every frame the primary sends until the secondary sent the same "
                  "bytes, then releases it to the client; different bytes mean a checkpoint "
                  "request.")
 FLUSH_NOTE = ("A checkpoint here is a flush: there is no VM state to copy, so the proxy "
               "releases what it holds and drops the secondary's copies.")
-PROGRESS_LEGEND = ("each second: HTTP requests answered | frames seen from the primary (P) "
-                   "and the secondary (S) | payload bytes compared | primary frames released "
-                   "| checkpoint requests | flushes | latency: how long the released primary "
-                   "frames were held (p50 is usually 0: the secondary's copy came first)")
+PROGRESS_LEGEND = ("each second: HTTP requests answered (ok/failed) | payload bytes compared | "
+                   "checkpoint requests | median client request latency of that second; a "
+                   "line per checkpoint says what caused it and on which connection")
+NO_TTY_NOTE = ("no terminal: plain progress lines (the live view needs a terminal; --live "
+               "forces it)")
+PLAIN_WIDTH = 100
+"""Columns of the output without a terminal."""
+
+
+def say(console: Console, text: str | Text) -> None:
+    """One paragraph, wrapped at the console's width (``PLAIN_WIDTH`` without a
+    terminal); continuation lines are indented one step deeper than the first."""
+    style = text.style if isinstance(text, Text) else ""
+    plain = text.plain if isinstance(text, Text) else text
+    indent = " " * (len(plain) - len(plain.lstrip(" ")))
+    lines = textwrap.wrap(plain, width=max(console.width, 40), subsequent_indent=indent + "  ",
+                          break_long_words=True, break_on_hyphens=False) or [""]
+    for line in lines:
+        console.print(Text(line, style=style), highlight=False, overflow="fold")
 
 
 def human_bytes(n: float) -> str:
@@ -34,12 +51,47 @@ def _num(value: Any) -> int:
     return int(value) if isinstance(value, int | float) else 0
 
 
-def _latency(snap: DemoSnapshot) -> str:
+def _hold(snap: DemoSnapshot) -> str:
     lat = snap.latency_last()
     if not lat.get("count"):
         return "-"
     return (f"p50 {lat.get('p50', 0):.2f} ms  p99 {lat.get('p99', 0):.2f} ms  "
-            f"max {lat.get('max', 0):.2f} ms  ({int(lat['count'])} releases, last interval)")
+            f"max {lat.get('max', 0):.2f} ms  ({int(lat['count'])} releases, last stats "
+            "interval)")
+
+
+def _recent_requests(snap: DemoSnapshot, seconds: float) -> list[float]:
+    since = snap.elapsed - seconds
+    return [float(r["ms"]) for r in snap.requests
+            if r.get("ok") and float(r.get("demo_t", 0.0)) + float(r["ms"]) / 1000 >= since]
+
+
+def _request_latency(snap: DemoSnapshot, seconds: float = 1.0) -> str:
+    recent = _recent_requests(snap, seconds)
+    if not recent:
+        return "-"
+    hist = LatencyHistogram(recent)
+    return f"p50 {fmt_ms(hist.pct('p50'))}, max {fmt_ms(hist.samples[-1])} ({len(hist)} req)"
+
+
+def checkpoint_line(snap: DemoSnapshot, i: int) -> str:
+    """What caused checkpoint ``i`` and on which connection, as far as known now."""
+    cp = snap.checkpoints[i]
+    div = cp.divergence
+    what = f"{cp.reason} at offset {div.offset}" if div is not None else cp.reason
+    ports = key_ports(cp.key)
+    conn = cp.key or "-"
+    req = None
+    if ports is not None:
+        client_port = ports[1] if ports[0] == 80 else ports[0]
+        req = next((r for r in reversed(snap.requests)
+                    if r.get("local_port") == client_port), None)
+        conn = f"port {client_port}"
+    if req is not None:
+        conn += f" (conn #{req['conn']}, #{req['n']} GET {req['path']})"
+        if req.get("kind") == "token":
+            what += ": the replicas' random tokens differ"
+    return f"checkpoint {i + 1}: {what}, {conn}"
 
 
 def _reasons(snap: DemoSnapshot) -> str:
@@ -78,7 +130,12 @@ def render_live(snap: DemoSnapshot, duration: float, datapath: str) -> Renderabl
     style = "red" if snap.checkpoints else "green"
     totals.add_row("checkpoint requests", Text(_reasons(snap), style=style))
     totals.add_row("flushes", str(len(snap.flushes)))
-    totals.add_row("release latency", _latency(snap))
+    totals.add_row("request latency", _request_latency(snap, 2.0) + "  [dim](last 2 s)[/dim]")
+    totals.add_row("hold time", _hold(snap))
+    latest = (Text(f"{checkpoint_line(snap, len(snap.checkpoints) - 1)}  "
+                   f"[{snap.checkpoint_times[-1]:.1f} s]", style="red")
+              if snap.checkpoints and snap.checkpoint_times else Text("-"))
+    totals.add_row("latest checkpoint", latest)
 
     conns = Table(title="connections, most recently active first", title_justify="left",
                   expand=False)
@@ -100,11 +157,20 @@ def render_live(snap: DemoSnapshot, duration: float, datapath: str) -> Renderabl
 
 
 def progress_line(snap: DemoSnapshot) -> str:
-    """One plain line for logs."""
-    frames = snap.counter("frames") or {}
-    return (f"[{snap.elapsed:5.1f}s] requests {snap.requests_ok} ok/{snap.requests_failed} "
-            f"failed | frames P {_num(frames.get('primary'))} S "
-            f"{_num(frames.get('secondary'))} | compared "
-            f"{human_bytes(_num(snap.counter('bytes_compared')))} | released "
-            f"{_num(snap.counter('released'))} | checkpoints {_reasons(snap)} | "
-            f"flushes {len(snap.flushes)} | latency {_latency(snap)}")
+    """One plain line for logs (at most ``PLAIN_WIDTH`` columns)."""
+    recent = _recent_requests(snap, 1.0)
+    median = fmt_ms(LatencyHistogram(recent).pct("p50")) if recent else "-"
+    line = (f"[{snap.elapsed:5.1f}s] requests {snap.requests_ok} ok/{snap.requests_failed} "
+            f"failed | compared {human_bytes(_num(snap.counter('bytes_compared')))} | "
+            f"checkpoints {len(snap.checkpoints)} | latency p50 {median}")
+    return line[:PLAIN_WIDTH]
+
+
+def baseline_line(snap: DemoSnapshot, part: int, elapsed: float) -> str:
+    """One plain line of the baseline phase."""
+    ok = [float(r["ms"]) for r in snap.baseline if r.get("ok")]
+    failed = sum(1 for r in snap.baseline if not r.get("ok"))
+    hist = LatencyHistogram(ok)
+    median = fmt_ms(hist.pct("p50")) if ok else "-"
+    return (f"baseline {part}/2 {elapsed:4.1f}s: requests {len(ok)} ok/{failed} failed | "
+            f"latency p50 {median} so far")[:PLAIN_WIDTH]

@@ -23,7 +23,7 @@ def require_module_support() -> None:
         raise ColoError(
             f"kernel {os.uname().release} has no loadable module support (no /proc/modules): "
             "the kernel module cannot be used here; use a userspace datapath "
-            "(colo-proxy run --datapath ...)"
+            "(colo-proxy run ...)"
         )
 
 

@@ -10,6 +10,8 @@ if [ ! -f "$COLO_KO" ]; then
     echo "guest: FAIL: module $COLO_KO missing"
     exit 90
 fi
+# Debug kernel: from here on, kmemleak reports only what the module and the suite leaked.
+bash "$COLO_REPO/scripts/guest/kmemleak.sh" clear
 # Dependencies come from the kernel's own (host-depmod'ed) tree; the module itself is insmod'ed
 # from the build directory (no depmod -a in the guest: ~100 s over 9p under TCG).
 deps=$(modinfo -F depends "$COLO_KO" | tr ',' ' ')
@@ -33,4 +35,7 @@ echo "guest: pytest -m kernel ${where[*]} $*"
 .venv/bin/python -m pytest -m kernel \
     --junitxml="$COLO_OUT/junit.xml" -o junit_suite_name="kernel-$COLO_SERIES" \
     "${where[@]}" "$@" 2>&1 | tee "$COLO_OUT/pytest.log"
-exit "${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+# Debug kernel: OUT/kmemleak.txt, checked on the host with the dmesg patterns.
+bash "$COLO_REPO/scripts/guest/kmemleak.sh" report "$COLO_OUT/kmemleak.txt"
+exit "$rc"

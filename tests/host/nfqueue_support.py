@@ -112,12 +112,12 @@ def servers(topo: Topology, svm: bool = True) -> Iterator[None]:
 
 
 class Datapath:
-    """``colo-proxy run --datapath nfqueue`` in phost, with its event stream in a file."""
+    """``colo-proxy run nfqueue`` in phost, with its event stream in a file."""
 
     def __init__(self, topo: Topology, tmp: Path, *extra: str) -> None:
         self.topo = topo
         self.events_path = tmp / f"events-{secrets.token_hex(3)}.jsonl"
-        self.argv = [COLO_PROXY, "run", "--datapath", "nfqueue", "--netns", topo.phost,
+        self.argv = [COLO_PROXY, "run", "nfqueue", "--netns", topo.phost,
                      "--pvm-if", topo.phost_pvm_if, "--fwd-if", topo.phost_fwd_if,
                      "--events", str(self.events_path), "--stats-interval", "0.2", *extra]
         self.proc: subprocess.Popen[str] | None = None

@@ -8,6 +8,7 @@ by scanning every process's environment for the tag.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from colo_proxy.demo.lock import lock_path
 
 pytestmark = pytest.mark.root
 
@@ -81,11 +84,27 @@ def demo_run() -> Iterator[DemoRun]:
         _kill_tagged(run.tag)
         for name in _netns_with(run.prefix):
             subprocess.run(["ip", "netns", "del", name], check=False)
+        # The demo keeps its lock file (see lock.py); this prefix is never used again.
+        lock_path(run.prefix).unlink(missing_ok=True)
 
 
-def test_demo_summary(demo_run: DemoRun) -> None:
-    proc = subprocess.run(demo_run.argv("--duration", "8", "--json", "--plain"),
-                          capture_output=True, text=True, env=demo_run.env, timeout=180,
+def _diff_json(primary: Path, secondary: Path) -> dict[str, Any]:
+    proc = subprocess.run([*CLI, "diff", "--json", str(primary), str(secondary)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    # 0 (match) or 1 (diverged, once diff exits like diff(1)): never bad input.
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def test_demo_summary(demo_run: DemoRun, tmp_path: Path) -> None:
+    captures, plot = tmp_path / "captures", tmp_path / "latency.png"
+    # --plot needs the optional matplotlib ('plot' extra).
+    plotting = importlib.util.find_spec("matplotlib") is not None
+    proc = subprocess.run(demo_run.argv("--duration", "8", "--json", "--plain",
+                                        "--baseline", "3", "--save-captures", str(captures),
+                                        *(["--plot", str(plot)] if plotting else [])),
+                          capture_output=True, text=True, env=demo_run.env, timeout=240,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary: dict[str, Any] = json.loads(proc.stdout)
@@ -119,6 +138,99 @@ def test_demo_summary(demo_run: DemoRun) -> None:
     assert "flush" in summary["note"]
     assert "checkpoint here is a flush" in proc.stderr
 
+    # Request latency as the client measured it, protected and unprotected, with every
+    # sample in the histogram; the hold time's interval figures named as such.
+    lat = summary["request_latency_ms"]
+    prot, base = lat["protected"], lat["baseline"]
+    assert prot["count"] == req["complete"]
+    assert sum(n for _, n in prot["histogram"]) == prot["count"]
+    assert base["failed"] == 0
+    assert base["count"] > 0 and sum(n for _, n in base["histogram"]) == base["count"]
+    assert prot["p50"] is not None and base["p50"] is not None
+    assert "latency_ms" not in summary and "worst_interval_p99" in summary["hold_time_ms"]
+
+    # Without a terminal: 100 columns, and it says why there is no live view.
+    lines = proc.stderr.splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    assert any("the live view needs a terminal" in line for line in lines)
+    # The checkpoints of one cause collapse; the headline and what to try next come last.
+    if len(tokens) > 1:
+        assert f"{len(tokens) - 1} more, same cause: token at offset" in proc.stderr
+    assert sum(1 for line in lines if "first divergence" in line) == 1
+    order = [next(i for i, line in enumerate(lines) if mark in line)
+             for mark in ("checkpoint requests ─", "cleaned up", "colo-proxy demo: summary",
+                          "request latency (client", "unprotected:", "try next:")]
+    assert order == sorted(order), order
+    assert "docs/qemu.md" in lines[-1]
+    command = f"colo-proxy diff {captures}/primary.pcap {captures}/secondary.pcap"
+    assert command in proc.stderr.replace(" \\\n     ", ""), "no diff command to copy"
+
+    # The saved captures are what `colo-proxy diff` reads, and it finds the same
+    # divergences: exactly the token connections.
+    diff = _diff_json(captures / "primary.pcap", captures / "secondary.pcap")
+    token_ports = sorted(t["local_port"] for t in tokens)
+    diverged = sorted(int(c["connection"].rsplit(":", 1)[1]) for c in diff["checkpoints"])
+    assert diverged == token_ports, (diff["summary"], token_ports)
+
+    if plotting:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert demo_run.leftovers() == ([], [])
+
+
+def test_two_demos_with_one_prefix_one_refuses(demo_run: DemoRun) -> None:
+    """`make demo` in two terminals: the second refuses with one line, touching
+    nothing; the first runs to its end undisturbed."""
+    first = subprocess.Popen(demo_run.argv("--duration", "6", "--plain", "--baseline", "1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=demo_run.env)
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:
+            if line.startswith("driving HTTP traffic"):
+                break
+        else:
+            raise AssertionError("the first demo never started its traffic")
+        second = subprocess.run(demo_run.argv("--duration", "6", "--plain"),
+                                capture_output=True, text=True, env=demo_run.env,
+                                timeout=120, check=False)
+        rest, err = first.communicate(timeout=180)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"colo-proxy: error: demo: prefix {demo_run.prefix!r} is in use by a running demo "
+        f"(pid {first.pid}); try --prefix NAME"]
+    assert second.stdout == ""
+    assert first.returncode == 0, err[-3000:]
+    assert "died" not in rest + err
+    assert "try next:" in rest
+    assert demo_run.leftovers() == ([], [])
+
+
+def test_demo_after_a_crashed_run_cleans_up_its_leftovers(demo_run: DemoRun) -> None:
+    """A demo SIGKILLed mid-run leaves namespaces and its children (each in a process
+    group of its own); the next run with the prefix holds the lock, so it knows they
+    are leftovers: it says so, removes them and runs."""
+    crashed = subprocess.Popen(demo_run.argv("--duration", "60", "--plain"),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env=demo_run.env)
+    assert crashed.stdout is not None
+    for line in crashed.stdout:
+        if line.startswith("[") and "requests" in line:
+            break
+    crashed.kill()
+    crashed.wait()
+    netns, pids = demo_run.leftovers()
+    assert len(netns) == 5 and pids, "the crash left nothing behind: nothing to test"
+    proc = subprocess.run(demo_run.argv("--duration", "2", "--plain", "--baseline", "0"),
+                          capture_output=True, text=True, env=demo_run.env, timeout=180,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "removing a crashed demo's leftovers" in proc.stdout
+    assert f"namespaces {demo_run.prefix}-client" in proc.stdout
+    assert not set(pids) & set(_pids_tagged(demo_run.tag))
     assert demo_run.leftovers() == ([], [])
 
 
@@ -173,8 +285,10 @@ def _stage_reached(proc: subprocess.Popen[str], demo_run: DemoRun, stage: str) -
             time.sleep(0.002)
         return
     assert proc.stdout is not None
+    # "summary": the checkpoint explanations (the headline is printed after the
+    # cleanup, when signals no longer interrupt anything).
     mark = {"services": "topology ", "traffic": "datapath ",
-            "summary": "colo-proxy demo: summary"}[stage]
+            "summary": "checkpoint requests ─"}[stage]
     for line in proc.stdout:
         if line.startswith(mark) or (stage == "summary" and mark in line):
             return

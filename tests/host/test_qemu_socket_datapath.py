@@ -1,4 +1,4 @@
-"""``colo-proxy run --datapath qemu-socket`` against real QEMU peers.
+"""``colo-proxy run qemu-socket`` against real QEMU peers.
 
 The primary-host side is a real QEMU (``-M none``) with filter-redirectors on UDP
 socket netdevs (colo_proxy/qemu/redirector.py), wired like docs/qemu.md:
@@ -57,12 +57,12 @@ def tcp_frame(seq: int, payload: bytes) -> bytes:
 
 
 class Datapath:
-    """A ``colo-proxy run --datapath qemu-socket`` child process with a log file."""
+    """A ``colo-proxy run qemu-socket`` child process with a log file."""
 
     def __init__(self, args: list[str]) -> None:
         fd, self.log_path = tempfile.mkstemp(prefix="colot-dp-", suffix=".log")
         cmd = [sys.executable, "-c", "from colo_proxy.cli import main; main()",
-               "run", "--datapath", "qemu-socket", *args]
+               "run", "qemu-socket", *args]
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd,
                                          stderr=subprocess.STDOUT, cwd=ROOT)
@@ -235,7 +235,7 @@ def test_sigterm_with_held_frames(rig_factory: RigFactory, policy: str) -> None:
 def test_on_checkpoint_hook_without_notify(rig_factory: RigFactory, tmp_path: Path) -> None:
     record = tmp_path / "hook.txt"
     hook = f'echo "$COLO_REASON|$COLO_CONNECTION" >> {record}'
-    rig = rig_factory(["--on-checkpoint", hook], with_notify=False)
+    rig = rig_factory(["--checkpoint-cmd", hook], with_notify=False)
     p, s = udp_frame(b"primary"), udp_frame(b"other!!")
     rig.ping_pong(p, s)
     # Hook exit status 0 without --notify-dev means "checkpoint done": flush.
@@ -315,15 +315,15 @@ def test_oversize_frame_closes_that_connection(direct: DirectFactory) -> None:
 # -- option validation ------------------------------------------------------------
 
 def test_missing_endpoints_is_one_line_input_error() -> None:
-    result = CliRunner().invoke(main, ["run", "--datapath", "qemu-socket",
+    result = CliRunner().invoke(main, ["run", "qemu-socket",
                                        "--primary-in", "tcp:127.0.0.1:1"])
     assert result.exit_code == 2
     assert result.output.strip() == (
-        "colo-proxy: error: --datapath qemu-socket needs --secondary-in, --outdev")
+        "colo-proxy: error: run qemu-socket needs --secondary-in, --outdev")
 
 
 def test_same_endpoint_twice_is_rejected() -> None:
-    result = CliRunner().invoke(main, ["run", "--datapath", "qemu-socket",
+    result = CliRunner().invoke(main, ["run", "qemu-socket",
                                        "--primary-in", "tcp:127.0.0.1:9001,server",
                                        "--secondary-in", "tcp:127.0.0.1:9001",
                                        "--outdev", "unix:/tmp/colot-x.sock"])

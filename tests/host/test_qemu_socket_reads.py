@@ -53,7 +53,7 @@ class _Datapath:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from colo_proxy.cli import main; main()",
-                 "run", "--datapath", "qemu-socket",
+                 "run", "qemu-socket",
                  "--primary-in", f"tcp:127.0.0.1:{pin},server",
                  "--secondary-in", f"tcp:127.0.0.1:{sin},server",
                  "--outdev", f"tcp:127.0.0.1:{out},server", *extra],

@@ -1,6 +1,6 @@
 """Client-side drivers for anything that speaks colo-compare's sockets.
 
-The same code drives QEMU's colo-compare and ``colo-proxy run --datapath
+The same code drives QEMU's colo-compare and ``colo-proxy run
 qemu-socket``: frames go in on primary_in / secondary_in, released frames are read
 back from outdev, checkpoint requests from notify_dev.
 

@@ -68,12 +68,15 @@ def redirector_args(ports: list[Redirect], udp: dict[str, tuple[int, int]]) -> l
 class RedirectorFeeder:
     """One QEMU with filter-redirectors; ``send``/``recv`` frames on their netdevs."""
 
-    def __init__(self, ports: list[Redirect], binary: str = QEMU_BINARY) -> None:
+    def __init__(self, ports: list[Redirect], binary: str = QEMU_BINARY,
+                 extra_args: list[str] | None = None) -> None:
         names = [p.name for p in ports]
         if len(set(names)) != len(names):
             raise ColoError(f"duplicate redirector port names: {names}")
         self.ports = {p.name: p for p in ports}
         self.binary = binary
+        self.extra_args = list(extra_args or [])
+        """More QEMU arguments, e.g. ``-object tls-creds-x509,...`` for TLS chardevs."""
         self.qemu: QemuProcess | None = None
         self._udp: dict[str, socket.socket] = {}
         self._qemu_addr: dict[str, tuple[str, int]] = {}
@@ -88,7 +91,8 @@ class RedirectorFeeder:
                 qport = free_udp_port(HOST)
                 udp[name] = (qport, sock.getsockname()[1])
                 self._qemu_addr[name] = (HOST, qport)
-            self.qemu = QemuProcess(redirector_args(list(self.ports.values()), udp),
+            self.qemu = QemuProcess([*self.extra_args,
+                                     *redirector_args(list(self.ports.values()), udp)],
                                     binary=self.binary)
             self.qemu.start()
         except BaseException:

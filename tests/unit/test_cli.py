@@ -43,6 +43,8 @@ def test_status_without_the_module_gives_advice_that_works_here() -> None:
 _PROVIDES = {"click": "click", "rich": "rich", "pyroute2": "pyroute2", "qemu.qmp": "qemu",
              "pip-nftables": "nftables", "netfilterqueue": "netfilterqueue"}
 _NOT_YET_IMPORTED = {"qemu.qmp"}  # the QMP agent's; kept on purpose (see pyproject.toml)
+_OPTIONAL = {"plot": {"matplotlib"}}
+"""Runtime extras: modules the package imports only when the extra is installed."""
 _TEST_ONLY_MODULES = {"nl/spec.py"}
 """Modules of the package only the tests import (colo.yaml reader for the spec agreement
 test): they may import test extras; they belong in tests/ (issue 9 section 4)."""
@@ -71,7 +73,11 @@ def test_runtime_dependencies_are_what_the_package_imports() -> None:
 
     meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     deps = {re.split(r"[<>=!~ \[]", d)[0] for d in meta["project"]["dependencies"]}
-    imported = _third_party_imports()
+    extras = meta["project"]["optional-dependencies"]
+    optional = set().union(*_OPTIONAL.values())
+    for extra, modules in _OPTIONAL.items():
+        assert {re.split(r"[<>=!~ \[]", d)[0] for d in extras[extra]} == modules
+    imported = _third_party_imports() - optional
     assert imported <= {_PROVIDES[d] for d in deps if d in _PROVIDES}, imported
     assert deps <= set(_PROVIDES)
     unused = {d for d in deps if _PROVIDES[d] not in imported}

@@ -16,6 +16,11 @@ CLEAN = """\
 missing - tainting kernel
 [    3.000000] DEBUG_PAGEALLOC disabled; BUGS reported elsewhere are not ours
 [    4.000000] Lockdown: python3: unsigned module loading is restricted; see man kernel_lockdown.7
+[    0.000000] kasan: KernelAddressSanitizer initialized
+[    0.100000] kmemleak: Kernel memory leak detector initialized (mem pool available: 31000)
+[    0.200000] Lock dependency validator: Copyright (c) 2006 Red Hat, Inc., Ingo Molnar
+[    0.300000] ... MAX_LOCKDEP_SUBCLASSES:  8
+[   50.000000] kmemleak: 3 new suspected memory leaks (see /sys/kernel/debug/kmemleak)
 """
 
 
@@ -44,6 +49,19 @@ def test_a_clean_log_passes(tmp_path: Path) -> None:
     "[   19.0] Kernel panic - not syncing: Fatal exception",
     "[   20.0] UBSAN: array-index-out-of-bounds in colo_node.c:12:3",
     "[   21.0] list_del corruption. prev->next should be ffff, but was dead",
+    # the debug kernel: lockdep, KASAN, kmemleak (OUT/kmemleak.txt), debugobjects
+    "[   30.0] WARNING: possible circular locking dependency detected",
+    "[   31.0] WARNING: inconsistent lock state",
+    "[   32.0] WARNING: possible recursive locking detected",
+    "[   33.0] WARNING: suspicious RCU usage",
+    "[   34.0] WARNING: bad unlock balance detected!",
+    "[   35.0] INFO: trying to register non-static key.",
+    "[   36.0] BUG: KASAN: slab-use-after-free in buggy_uaf+0x4d/0x80 [colo_buggy]",
+    "unreferenced object 0xffff888104a5c800 (size 128):",
+    "[   37.0] ODEBUG: free active (active state 0) object: 00000000deadbeef type: timer_list",
+    "[   38.0] kmemleak: Kernel memory leak detector disabled",
+    "[   39.0] turning off the locking correctness validator.",
+    "[   40.0] Disabling lock debugging due to kernel taint",
 ])
 def test_a_bad_line_fails_and_is_printed(tmp_path: Path, line: str) -> None:
     result = check(tmp_path, CLEAN + line + "\n")
