@@ -220,10 +220,6 @@ class NfqueueDatapath:
                 raise InputError(f"{option} {name}: no such interface{where}") from None
 
     def run(self) -> None:
-        try:
-            self.engine.tick(0.0)
-        except NotImplementedError:
-            raise ColoError("the comparison engine is not implemented yet") from None
         if self.s.netns:
             ns_util.enter(self.s.netns)  # NFQUEUE queues and the rules are per netns
         self._check_interfaces()
