@@ -1,0 +1,271 @@
+"""The agent against a real KVM COLO pair (Debian's QEMU 7.2, BIOS-only guests).
+
+The primary agent (datapath + epoch gate + checkpoint controller on the agent's
+own monitor) runs in this process.  The pair's filter-redirectors are the real
+COLO-FT set (tests/qemu_harness/colo_pair.py); the frames the datapath compares
+are fed by the test on the datapath's own server endpoints, since a BIOS-only
+guest sends nothing.  What QEMU decides -- when a checkpoint happens, STOP and
+RESUME, COLO_EXIT, failover -- is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from qemu_harness.colo_pair import ColoPair, kvm_unusable
+from qemu_harness.process import free_tcp_port
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from colo_proxy.agent.config import Timeouts
+from colo_proxy.agent.failover import secondary_takeover
+from colo_proxy.agent.primary import PrimaryAgent
+from colo_proxy.agent.qmp import Monitor
+from colo_proxy.compare import Engine
+from colo_proxy.compare.model import Config
+from colo_proxy.datapath.endpoints import Endpoint
+from colo_proxy.datapath.qemu_socket import QemuSocketSettings
+from colo_proxy.qemu.framing import encode
+
+pytestmark = [pytest.mark.qemu,
+              pytest.mark.skipif(kvm_unusable() is not None, reason=str(kvm_unusable()))]
+
+
+def frame(payload: bytes, sport: int = 5353) -> bytes:
+    return bytes(Ether(src="52:54:00:00:00:01", dst="52:54:00:00:00:02")
+                 / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=5353) / payload)
+
+
+@pytest.fixture
+def pair() -> Iterator[ColoPair]:
+    with ColoPair(checkpoint_delay_ms=60000) as p:
+        p.enter_colo()
+        yield p
+
+
+class Feeder:
+    """Plays the redirectors: primary_in, secondary_in, and the outdev reader."""
+
+    def __init__(self) -> None:
+        self.ports = {n: free_tcp_port() for n in ("primary_in", "secondary_in", "outdev")}
+        self.conns: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        self.out: list[bytes] = []
+
+    def settings(self) -> QemuSocketSettings:
+        ep = {n: Endpoint("tcp", "127.0.0.1", p, True) for n, p in self.ports.items()}
+        return QemuSocketSettings(primary_in=ep["primary_in"], secondary_in=ep["secondary_in"],
+                                  outdev=ep["outdev"])
+
+    async def connect(self) -> None:
+        for name, port in self.ports.items():
+            for _ in range(100):
+                try:
+                    self.conns[name] = await asyncio.open_connection("127.0.0.1", port)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+
+    async def send(self, name: str, payload: bytes) -> None:
+        writer = self.conns[name][1]
+        writer.write(encode(payload, None))
+        await writer.drain()
+
+    async def read_out(self, count: int, timeout: float = 30.0) -> list[bytes]:
+        reader = self.conns["outdev"][0]
+        async with asyncio.timeout(timeout):
+            while len(self.out) < count:
+                (length,) = struct.unpack(">I", await reader.readexactly(4))
+                self.out.append(await reader.readexactly(length))
+        return self.out
+
+    def close(self) -> None:
+        for _r, w in self.conns.values():
+            w.close()
+
+
+def _agent(pair: ColoPair, feeder: Feeder, **timeouts: Any) -> PrimaryAgent:
+    engine = Engine(Config(compare_timeout_ms=60000))
+    return PrimaryAgent("vm", pair.primary.agent_qmp, feeder.settings(), engine,
+                        timeouts=Timeouts(**timeouts))
+
+
+async def _until(cond: Any, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.02)
+
+
+def _checkpoint_events(pair: ColoPair) -> list[str]:
+    events: list[str] = []
+    while got := pair.primary.events(0.3):
+        events.extend(e["event"] for e in got if e["event"] in ("STOP", "RESUME"))
+    return events
+
+
+def test_request_from_the_datapath_is_one_checkpoint_and_flush_follows_resume(
+        pair: ColoPair) -> None:
+    _checkpoint_events(pair)  # the COLO-entry pair
+    feeder = Feeder()
+
+    async def scenario() -> tuple[PrimaryAgent, list[bytes]]:
+        agent = _agent(pair, feeder)
+        await agent.start()
+        await _until(lambda: agent.controller.in_colo)
+        await feeder.connect()
+        await feeder.send("primary_in", frame(b"same"))
+        await feeder.send("secondary_in", frame(b"same"))
+        await feeder.read_out(1)                     # matched, released, no checkpoint
+        assert agent.controller.counters.requests == 0
+        await feeder.send("primary_in", frame(b"primary says A", sport=7))
+        await feeder.send("secondary_in", frame(b"secondary says B", sport=7))
+        out = await feeder.read_out(2)               # held until the checkpoint's flush
+        await asyncio.sleep(1.0)                     # nothing else may follow
+        await agent.stop()
+        feeder.close()
+        return agent, out
+
+    agent, out = asyncio.run(scenario())
+    assert out == [frame(b"same"), frame(b"primary says A", sport=7)]
+    c = agent.controller.counters
+    assert (c.requests, c.commands_sent, c.checkpoints_done, c.requested_done) == (1, 1, 1, 1)
+    (rec,) = agent.controller.history
+    assert rec.requested is not None and rec.sent is not None and rec.stop is not None
+    assert rec.resume is not None and rec.flushed is not None
+    assert rec.requested <= rec.sent <= rec.stop <= rec.resume <= rec.flushed
+    assert agent.datapath.gate.counters.fences == agent.datapath.gate.counters.flushes == 1
+    # QEMU's own view, on the harness's monitor: exactly one more checkpoint.
+    assert _checkpoint_events(pair) == ["STOP", "RESUME"]
+    # The operator's period is unchanged.
+    assert pair.primary.cmd("query-migrate-parameters")["x-checkpoint-delay"] == 60000
+
+
+def test_periodic_checkpoint_flushes_held_output(pair: ColoPair) -> None:
+    feeder = Feeder()
+
+    async def scenario() -> tuple[PrimaryAgent, list[bytes]]:
+        agent = _agent(pair, feeder)
+        await agent.start()
+        await _until(lambda: agent.controller.in_colo)
+        await feeder.connect()
+        await feeder.send("primary_in", frame(b"lonely primary"))  # no counterpart
+        await asyncio.sleep(0.5)
+        assert feeder.out == []
+        await asyncio.to_thread(pair.primary.cmd, "migrate-set-parameters",
+                                **{"x-checkpoint-delay": 1000})
+        out = await feeder.read_out(1)
+        await agent.stop()
+        feeder.close()
+        return agent, out
+
+    agent, out = asyncio.run(scenario())
+    assert out == [frame(b"lonely primary")]
+    c = agent.controller.counters
+    assert c.requests == 0 and c.checkpoints_done >= 1 and c.periodic_done >= 1
+
+
+def test_secondary_survives_primary_killed(pair: ColoPair) -> None:
+    async def scenario() -> None:
+        mon = Monitor(pair.secondary.agent_qmp, "secondary")
+        await mon.connect()
+        pair.primary.proc.send_signal(signal.SIGKILL)     # type: ignore[union-attr]
+        pair.primary.proc.wait()                          # type: ignore[union-attr]
+        result = await secondary_takeover(mon, pair.redirectors)
+        assert result.ok, result.steps
+        await mon.close()
+
+    asyncio.run(scenario())
+    status = pair.secondary.cmd("query-colo-status")
+    assert (status["mode"], status["last-mode"]) == ("none", "secondary")
+    assert pair.secondary.cmd("query-status")["running"]
+    objects = {o["name"] for o in pair.secondary.cmd("qom-list", path="/objects")}
+    assert not objects & set(pair.redirectors) and "rew0" in objects
+
+
+def test_primary_survives_secondary_killed_and_releases_held(pair: ColoPair) -> None:
+    feeder = Feeder()
+
+    async def scenario() -> tuple[PrimaryAgent, list[bytes]]:
+        agent = _agent(pair, feeder)
+        await agent.start()
+        await _until(lambda: agent.controller.in_colo)
+        await feeder.connect()
+        for i in range(3):
+            await feeder.send("primary_in", frame(b"held %d" % i, sport=100 + i))
+        await asyncio.sleep(0.3)
+        assert feeder.out == []
+        pair.secondary.proc.send_signal(signal.SIGKILL)   # type: ignore[union-attr]
+        pair.secondary.proc.wait()                        # type: ignore[union-attr]
+        result = await agent.failover()
+        assert result.ok, result.steps
+        out = await feeder.read_out(3)
+        await feeder.send("primary_in", frame(b"after failover"))
+        out = await feeder.read_out(4)                     # released uncompared: solo
+        await agent.stop()
+        feeder.close()
+        return agent, out
+
+    agent, out = asyncio.run(scenario())
+    assert out == [frame(b"held %d" % i, sport=100 + i) for i in range(3)] + [
+        frame(b"after failover")]
+    assert agent.datapath.gate.solo
+    status = pair.primary.cmd("query-colo-status")
+    assert (status["mode"], status["last-mode"]) == ("none", "primary")
+    assert pair.primary.cmd("query-status")["running"]
+
+
+def test_primary_qemu_killed_releases_held_and_logs(pair: ColoPair,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    feeder = Feeder()
+
+    async def scenario() -> tuple[PrimaryAgent, list[bytes]]:
+        agent = _agent(pair, feeder)
+        await agent.start()
+        await _until(lambda: agent.controller.in_colo)
+        await feeder.connect()
+        await feeder.send("primary_in", frame(b"held at the kill"))
+        await asyncio.sleep(0.3)
+        pair.primary.proc.send_signal(signal.SIGKILL)     # type: ignore[union-attr]
+        out = await feeder.read_out(1)
+        await _until(lambda: not agent.qemu_healthy)
+        await asyncio.sleep(1.5)                          # a reconnect attempt fails
+        await agent.stop()
+        feeder.close()
+        return agent, out
+
+    with caplog.at_level("INFO"):
+        _, out = asyncio.run(scenario())
+    assert out == [frame(b"held at the kill")]
+    text = caplog.text
+    assert "QMP connection closed" in text
+    assert "QMP unavailable" in text
+
+
+def test_qmp_socket_missing_is_one_line_and_no_hold(tmp_path: Any,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    feeder = Feeder()
+
+    async def scenario() -> list[bytes]:
+        engine = Engine(Config(compare_timeout_ms=60000))
+        agent = PrimaryAgent("vm", str(tmp_path / "absent.qmp"), feeder.settings(), engine,
+                             retry_s=0.2)
+        await agent.start()
+        await feeder.connect()
+        await feeder.send("primary_in", frame(b"no qemu yet"))
+        out = await feeder.read_out(1)            # solo: nothing is held without COLO
+        await asyncio.sleep(0.6)
+        await agent.stop()
+        feeder.close()
+        return out
+
+    with caplog.at_level("INFO"):
+        out = asyncio.run(scenario())
+    assert out == [frame(b"no qemu yet")]
+    lines = [r.getMessage() for r in caplog.records if "QMP unavailable" in r.getMessage()]
+    assert len(lines) == 1 and "does not exist" in lines[0]
+
