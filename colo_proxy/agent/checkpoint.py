@@ -120,6 +120,8 @@ class CheckpointController:
         self.counters = ControllerCounters()
         self.history: deque[CheckpointRecord] = deque(maxlen=256)
         self.in_colo = False
+        self.exit_reason: str | None = None
+        """The reason of the last COLO_EXIT (``error``: QEMU waits for a failover command)."""
         self.stopped = False
         self._wanted: CheckpointRecord | None = None
         """A request not yet covered by a STOP."""
@@ -214,6 +216,7 @@ class CheckpointController:
 
     def _on_colo_exit(self, data: dict[str, Any]) -> None:
         self.counters.colo_exits += 1
+        self.exit_reason = str(data.get("reason"))
         log.warning("COLO_EXIT mode=%s reason=%s: comparison stops, held output is released",
                     data.get("mode"), data.get("reason"))
         self.leave_colo()

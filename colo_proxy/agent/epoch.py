@@ -72,6 +72,8 @@ class GateCounters:
     solo_released: int = 0
     solo_dropped: int = 0
     solo_entries: int = 0
+    released_frames: int = 0
+    released_bytes: int = 0
 
 
 class EpochGate:
@@ -85,7 +87,9 @@ class EpochGate:
                  clock_ms: Callable[[], float], *, solo: bool = True,
                  max_parked: int = 1 << 16) -> None:
         self.engine = engine
-        self.emit = emit
+        self._emit = emit
+        self.on_match_release: Callable[[float], None] | None = None
+        """Called with held_ms of every primary released by a match (the histogram)."""
         self.clock_ms = clock_ms
         self.solo = solo
         self.fenced = False
@@ -100,6 +104,8 @@ class EpochGate:
         if self.solo:
             if side == Side.PRIMARY:
                 self.counters.solo_released += 1
+                self.counters.released_frames += 1
+                self.counters.released_bytes += len(frame)
                 return [Release(tag, None, 0.0)]
             self.counters.solo_dropped += 1
             return []
@@ -110,15 +116,37 @@ class EpochGate:
             if len(self._parked) >= self.max_parked:
                 log.warning("epoch: %d frames parked since STOP; lifting the fence "
                             "without a flush", len(self._parked))
-                return self._admit()
+                admitted = self._admit()
+                self._count(admitted, None)
+                return admitted
             return []
         result: list[Decision] = self.engine.push(side, frame, now_ms, tag, vnet_hdr_len)
+        if result:
+            self._count(result, self.on_match_release)
         return result
+
+    def emit(self, decisions: list[Decision]) -> None:
+        self._count(decisions, None)
+        self._emit(decisions)
+
+    def _count(self, decisions: list[Decision], observe: Callable[[float], None] | None
+               ) -> None:
+        c = self.counters
+        for d in decisions:
+            if type(d) is Release:
+                c.released_frames += 1
+                tag = d.tag
+                c.released_bytes += len(tag) if type(tag) is bytes else len(
+                    getattr(tag, "payload", b""))
+                if observe is not None:
+                    observe(d.held_ms)
 
     def tick(self, now_ms: float) -> list[Decision]:
         if self.solo:
             return []
         result: list[Decision] = self.engine.tick(now_ms)
+        if result:
+            self._count(result, None)
         return result
 
     def __getattr__(self, name: str) -> Any:

@@ -5,7 +5,9 @@ One datagram every ``interval_ms`` from each agent to its peer, per VM::
     magic "CLHB" | version u8 (1) | flags u8 | name length u8 | name (UTF-8)
     | session 8 bytes | counter u64 BE | wall time ms u64 BE | HMAC-SHA256 (32 bytes)
 
-* ``flags``: bit 0 "my QEMU is healthy" (QMP connected), bit 1 "I am the primary".
+* ``flags``: bit 0 "my QEMU is healthy" (QMP connected), bit 1 "I am the primary",
+  bit 2 "health known" (clear while a starting agent has not yet tried its QMP
+  socket: such a beat says "alive" and nothing about QEMU).
 * ``session``: random per agent start; ``counter`` starts at 1 and increases by
   one per datagram; the MAC covers every byte before it, with the pre-shared
   key of ``key_file`` (at least 32 bytes).
@@ -43,14 +45,16 @@ MAGIC = b"CLHB"
 VERSION = 1
 HEALTHY = 1
 PRIMARY = 2
+KNOWN = 4
 _TAIL = struct.Struct(">8sQQ")
 MAC_LEN = 32
 
 
-def encode(key: bytes, name: str, *, primary: bool, healthy: bool, session: bytes,
+def encode(key: bytes, name: str, *, primary: bool, healthy: bool | None, session: bytes,
            counter: int, wall_ms: int) -> bytes:
     raw = name.encode()
-    flags = (HEALTHY if healthy else 0) | (PRIMARY if primary else 0)
+    flags = (HEALTHY if healthy else 0) | (PRIMARY if primary else 0) | (
+        KNOWN if healthy is not None else 0)
     body = MAGIC + bytes((VERSION, flags, len(raw))) + raw + _TAIL.pack(session, counter,
                                                                           wall_ms)
     return body + hmac.new(key, body, hashlib.sha256).digest()
@@ -60,7 +64,7 @@ def encode(key: bytes, name: str, *, primary: bool, healthy: bool, session: byte
 class Beat:
     name: str
     primary: bool
-    healthy: bool
+    healthy: bool | None
     session: bytes
     counter: int
     wall_ms: int
@@ -82,7 +86,8 @@ def decode(key: bytes, data: bytes) -> Beat | str:
         return "malformed"
     session, counter, wall_ms = _TAIL.unpack_from(body, 7 + n)
     flags = data[5]
-    return Beat(name, bool(flags & PRIMARY), bool(flags & HEALTHY), session, counter, wall_ms)
+    healthy = bool(flags & HEALTHY) if flags & KNOWN else None
+    return Beat(name, bool(flags & PRIMARY), healthy, session, counter, wall_ms)
 
 
 @dataclass
@@ -102,7 +107,7 @@ class Heartbeat(asyncio.DatagramProtocol):
 
     def __init__(self, name: str, *, primary: bool, key: bytes, listen: HostPort,
                  peer: HostPort, interval_ms: int, misses: int,
-                 healthy: Callable[[], bool] = lambda: True, window_ms: int | None = None,
+                 healthy: Callable[[], bool | None] = lambda: True, window_ms: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.primary = primary
@@ -154,7 +159,7 @@ class Heartbeat(asyncio.DatagramProtocol):
         self._last = (beat.session, beat.counter, beat.wall_ms)
         self.counters.accepted += 1
         self.last_seen = self.clock()
-        if self.peer_healthy is not False and not beat.healthy:
+        if self.peer_healthy is not False and beat.healthy is False:
             log.warning("%s: peer reports its QEMU is not healthy", self.name)
         self.peer_healthy = beat.healthy
         return True

@@ -51,13 +51,17 @@ class PrimaryAgent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._closed = asyncio.Event()
         self._stopping = False
+        self.tried = False
+        """The QMP socket was tried once (qemu_healthy is known)."""
 
     def _checkpointed(self, rec: CheckpointRecord) -> None:
         log.debug("%s: checkpoint %s", self.name, rec.as_dict())
 
     @property
-    def qemu_healthy(self) -> bool:
+    def qemu_healthy(self) -> bool | None:
         """What the heartbeat tells the peer: our QEMU answers on QMP."""
+        if not self.tried:
+            return None  # starting: not yet tried the QMP socket
         return self.monitor.connected
 
     def _qmp_closed(self, reason: str) -> None:
@@ -72,6 +76,7 @@ class PrimaryAgent:
             try:
                 await self.monitor.connect()
             except QmpUnavailable as exc:
+                self.tried = True
                 if not reported:
                     log.warning("%s: QMP unavailable: %s; retrying every %.1f s", self.name,
                                 exc, self.retry_s)
@@ -79,6 +84,7 @@ class PrimaryAgent:
                 await asyncio.sleep(self.retry_s)
                 continue
             reported = False
+            self.tried = True
             log.info("%s: QMP connected (%s)", self.name, self.monitor.path)
             self._closed.clear()
             controller = self.controller.start()
