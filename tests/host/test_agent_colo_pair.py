@@ -269,3 +269,82 @@ def test_qmp_socket_missing_is_one_line_and_no_hold(tmp_path: Any,
     lines = [r.getMessage() for r in caplog.records if "QMP unavailable" in r.getMessage()]
     assert len(lines) == 1 and "does not exist" in lines[0]
 
+
+
+class SlowQmp:
+    """A unix-socket proxy in front of a QEMU monitor that delays everything QEMU
+    sends (answers and events) by ``delay`` seconds, like a busy primary."""
+
+    def __init__(self, target: str, path: str, delay: float) -> None:
+        self.target = target
+        self.path = path
+        self.delay = delay
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_unix_server(self._conn, self.path)
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        q_reader, q_writer = await asyncio.open_unix_connection(self.target)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def up() -> None:
+            while data := await reader.read(65536):
+                q_writer.write(data)
+            q_writer.close()
+
+        async def down() -> None:
+            while data := await q_reader.read(65536):
+                queue.put_nowait((loop.time() + self.delay, data))
+            queue.put_nowait((loop.time() + self.delay, b""))
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+
+        tasks = [loop.create_task(f()) for f in (up, down, deliver)]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def test_one_second_qmp_answers_still_give_one_checkpoint(pair: ColoPair,
+                                                          tmp_path: Any) -> None:
+    _checkpoint_events(pair)
+    feeder = Feeder()
+    slow_path = str(tmp_path / "slow.qmp")
+
+    async def scenario() -> tuple[PrimaryAgent, list[bytes]]:
+        slow = SlowQmp(pair.primary.agent_qmp, slow_path, delay=1.0)
+        await slow.start()
+        engine = Engine(Config(compare_timeout_ms=60000))
+        agent = PrimaryAgent("vm", slow_path, feeder.settings(), engine,
+                             timeouts=Timeouts(qmp_connect_s=5.0, qmp_command_s=3.0))
+        await agent.start()
+        await _until(lambda: agent.controller.in_colo)
+        await feeder.connect()
+        await feeder.send("primary_in", frame(b"A", sport=9))
+        await feeder.send("secondary_in", frame(b"B", sport=9))
+        out = await feeder.read_out(1)
+        await asyncio.sleep(2.5)                 # a spurious retry would show by now
+        await agent.stop()
+        await slow.close()
+        feeder.close()
+        return agent, out
+
+    agent, out = asyncio.run(scenario())
+    assert out == [frame(b"A", sport=9)]
+    assert agent.controller.counters.checkpoints_done == 1
+    assert _checkpoint_events(pair) == ["STOP", "RESUME"]
+    # The fault was really injected: two answers (query, set) and the STOP event
+    # each came through the proxy's 1 s delay (a lower bound the proxy enforces).
+    (rec,) = agent.controller.history
+    assert rec.as_dict()["request_to_stop_ms"] >= 1000.0
