@@ -109,7 +109,10 @@ class CheckpointController:
     def __init__(self, monitor: Monitor, hooks: Hooks, *, stop_timeout_s: float = 1.0,
                  resume_timeout_s: float = 5.0, min_interval_ms: float = 20.0,
                  clock: Callable[[], float] = time.monotonic,
-                 on_checkpoint: Callable[[CheckpointRecord], None] | None = None) -> None:
+                 on_checkpoint: Callable[[CheckpointRecord], None] | None = None,
+                 name: str = "") -> None:
+        self.name = name
+        self._p = f"{name}: " if name else ""
         self.monitor = monitor
         self.hooks = hooks
         self.stop_timeout_s = stop_timeout_s
@@ -201,7 +204,7 @@ class CheckpointController:
         else:
             c.requested_done += 1
         self.history.append(rec)
-        log.debug("checkpoint done: %s", rec.as_dict())
+        log.debug("%scheckpoint done: %s", self._p, rec.as_dict())
         if self.on_checkpoint is not None:
             self.on_checkpoint(rec)
 
@@ -210,15 +213,16 @@ class CheckpointController:
         if not self.stopped:
             return
         self.counters.resume_timeouts += 1
-        log.warning("checkpoint: STOP without RESUME for %.1f s; frames read since STOP are "
-                    "compared without a flush (held frames stay held)", self.resume_timeout_s)
+        log.warning("%scheckpoint: STOP without RESUME for %.1f s; frames read since STOP "
+                    "are compared without a flush (held frames stay held)", self._p,
+                    self.resume_timeout_s)
         self.hooks.unfence()
 
     def _on_colo_exit(self, data: dict[str, Any]) -> None:
         self.counters.colo_exits += 1
         self.exit_reason = str(data.get("reason"))
-        log.warning("COLO_EXIT mode=%s reason=%s: comparison stops, held output is released",
-                    data.get("mode"), data.get("reason"))
+        log.warning("%sCOLO_EXIT mode=%s reason=%s: comparison stops, held output is "
+                    "released", self._p, data.get("mode"), data.get("reason"))
         self.leave_colo()
 
     def leave_colo(self) -> None:
@@ -245,13 +249,13 @@ class CheckpointController:
             self.in_colo = True
             self.counters.colo_entries += 1
             self.hooks.enter_colo()
-            log.info("COLO running (primary): comparing from now on")
+            log.info("%sCOLO running (primary): comparing from now on", self._p)
 
     async def _colo_mode(self) -> str | None:
         try:
             status = await self.monitor.execute("query-colo-status")
         except QmpError as exc:
-            log.warning("query-colo-status failed: %s", exc)
+            log.warning("%squery-colo-status failed: %s", self._p, exc)
             return None
         return str(status.get("mode"))
 
@@ -279,8 +283,8 @@ class CheckpointController:
         if not self.in_colo:
             self._wanted = None
             self.counters.outside_colo += 1
-            log.info("checkpoint request outside COLO (%s): released held output, no VM "
-                     "checkpoint", ", ".join(rec.reasons))
+            log.info("%scheckpoint request outside COLO (%s): released held output, no VM "
+                     "checkpoint", self._p, ", ".join(rec.reasons))
             self.hooks.enter_solo()
             return
         try:
@@ -294,7 +298,8 @@ class CheckpointController:
                                        {"x-checkpoint-delay": delay})
         except QmpError as exc:
             self.counters.command_errors += 1
-            log.warning("checkpoint request: %s; retrying in %.1f s", exc, self.stop_timeout_s)
+            log.warning("%scheckpoint request: %s; retrying in %.1f s", self._p, exc,
+                        self.stop_timeout_s)
             rec.sent = rec.sent or self.clock()
             await self._await_stop(rec)
             return
@@ -307,8 +312,8 @@ class CheckpointController:
             if left <= 0:
                 rec.retries += 1
                 self.counters.retries += 1
-                log.warning("checkpoint request: no STOP %.1f s after x-checkpoint-delay; "
-                            "sending it again", self.stop_timeout_s)
+                log.warning("%scheckpoint request: no STOP %.1f s after x-checkpoint-delay; "
+                            "sending it again", self._p, self.stop_timeout_s)
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), left)

@@ -327,6 +327,10 @@ def _vm(r: _Reader, name: str, data: dict[str, Any], check_files: bool,
     if role == "secondary" and not redirectors:
         r.bad(f"{p}.redirectors", "a secondary needs the ids of its filter-redirectors "
                                   "(removed on failover)")
+    if role == "secondary" and witness is None and "witness" not in data:
+        warnings.append(f"{r.file}: {p}.witness: not set: if only the heartbeat link is cut, "
+                        "this secondary takes over while the primary still runs (split "
+                        "brain); set a witness on the primary host reached over another path")
     for what, hp in (("listen", listen), ("peer", peer)):
         if hp is not None and not hp.loopback:
             warnings.append(f"{r.file}: {p}.{what}: {hp} is not loopback; the heartbeat is "

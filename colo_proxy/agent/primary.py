@@ -43,7 +43,8 @@ class PrimaryAgent:
         self.controller = CheckpointController(
             self.monitor, self.datapath.gate, stop_timeout_s=t.checkpoint_stop_s,
             resume_timeout_s=t.checkpoint_resume_s,
-            min_interval_ms=t.min_checkpoint_interval_ms, on_checkpoint=self._checkpointed)
+            min_interval_ms=t.min_checkpoint_interval_ms, on_checkpoint=self._checkpointed,
+            name=name)
         self.datapath.controller = self.controller
         self.monitor.on_event = self.controller.on_event
         self.monitor.on_closed = self._qmp_closed

@@ -59,6 +59,7 @@ class Monitor:
         self._client: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = False
+        self._mode_warned = False
 
     async def connect(self) -> None:
         """Connect once; raises QmpUnavailable with the cause."""
@@ -68,6 +69,7 @@ class Monitor:
         if not os.path.exists(self.path):
             raise QmpUnavailable(f"{self.name}: QMP socket {self.path} does not exist "
                                  "(QEMU not running, or no -mon for the agent)")
+        self._check_mode()
         client = QMPClient(self.name)
         try:
             await asyncio.wait_for(client.connect(self.path), self.connect_timeout_s)
@@ -88,6 +90,18 @@ class Monitor:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._events(client)),
                        loop.create_task(self._watch(client))]
+
+    def _check_mode(self) -> None:
+        """Warn once if any local user may connect to the monitor (a unix socket needs
+        write permission to connect): whoever can is as powerful as the agent."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except OSError:
+            return
+        if mode & 0o002 and not self._mode_warned:
+            self._mode_warned = True
+            log.warning("%s: QMP socket %s is writable by every local user (mode %04o): "
+                        "restrict it (docs/operations.md)", self.name, self.path, mode & 0o7777)
 
     async def _events(self, client: Any) -> None:
         async for event in client.events:

@@ -82,6 +82,9 @@ redirectors = ["red0", "red1"]
     assert vm.redirectors == ("red0", "red1")
     assert vm.witness is not None and vm.witness.port == 22
     assert any("not loopback" in w for w in cfg.warnings)
+    assert not any("split brain" in w for w in cfg.warnings)
+    cfg = parse(text.replace('witness = "10.0.0.254:22"\n', ""), "sec.toml")
+    assert any("witness: not set" in w and "split brain" in w for w in cfg.warnings)
 
 
 def _problems(text: str) -> list[str]:
