@@ -348,3 +348,39 @@ def test_one_second_qmp_answers_still_give_one_checkpoint(pair: ColoPair,
     # each came through the proxy's 1 s delay (a lower bound the proxy enforces).
     (rec,) = agent.controller.history
     assert rec.as_dict()["request_to_stop_ms"] >= 1000.0
+
+
+def test_policy_interface_reports_one_outcome_per_checkpoint(pair: ColoPair) -> None:
+    """QmpCheckpointPolicy through today's start/poll/stop interface (no gate)."""
+    from colo_proxy.agent.policy import QmpCheckpointPolicy
+    from colo_proxy.compare.model import CheckpointRequest, Reason
+
+    _checkpoint_events(pair)
+
+    async def scenario() -> list[object]:
+        mon = Monitor(pair.primary.agent_qmp, "primary")
+        await mon.connect()
+        policy = QmpCheckpointPolicy(mon)
+        policy.begin()
+        await _until(lambda: policy.controller.in_colo)
+        assert policy.poll() is None
+        policy.start(CheckpointRequest(Reason.PAYLOAD_MISMATCH, None, "test", 0.0))
+        outcomes: list[object] = []
+
+        def polled() -> bool:
+            outcome = policy.poll()
+            if outcome is not None:
+                outcomes.append(outcome)
+            return bool(outcomes)
+
+        await _until(polled)
+        await asyncio.sleep(1.0)                 # no second outcome may follow
+        polled()
+        policy.stop()
+        await policy.aclose()
+        await mon.close()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert [getattr(o, "done", None) for o in outcomes] == [True]
+    assert _checkpoint_events(pair) == ["STOP", "RESUME"]
