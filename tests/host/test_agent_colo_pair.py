@@ -11,6 +11,7 @@ RESUME, COLO_EXIT, failover -- is real.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import struct
 from collections.abc import Iterator
@@ -22,12 +23,14 @@ from qemu_harness.process import free_tcp_port
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from colo_proxy.agent.checkpoint import CheckpointController
 from colo_proxy.agent.config import Timeouts
+from colo_proxy.agent.epoch import EpochGate
 from colo_proxy.agent.failover import secondary_takeover
 from colo_proxy.agent.primary import PrimaryAgent
 from colo_proxy.agent.qmp import Monitor
 from colo_proxy.compare import Engine
-from colo_proxy.compare.model import Config
+from colo_proxy.compare.model import Config, Side
 from colo_proxy.datapath.endpoints import Endpoint
 from colo_proxy.datapath.qemu_socket import QemuSocketSettings
 from colo_proxy.qemu.framing import encode
@@ -273,12 +276,17 @@ def test_qmp_socket_missing_is_one_line_and_no_hold(tmp_path: Any,
 
 class SlowQmp:
     """A unix-socket proxy in front of a QEMU monitor that delays everything QEMU
-    sends (answers and events) by ``delay`` seconds, like a busy primary."""
+    sends (answers and events) by ``delay`` seconds, like a busy primary.  With
+    ``swallow``, the first command of that name is answered ``{"return": {}}`` by
+    the proxy and never reaches QEMU (a command lost on the way)."""
 
-    def __init__(self, target: str, path: str, delay: float) -> None:
+    def __init__(self, target: str, path: str, delay: float = 0.0,
+                 swallow: str | None = None) -> None:
         self.target = target
         self.path = path
         self.delay = delay
+        self.swallow = swallow
+        self.swallowed = 0
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -290,8 +298,25 @@ class SlowQmp:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def up() -> None:
+            decoder = json.JSONDecoder()
+            pending = ""
             while data := await reader.read(65536):
-                q_writer.write(data)
+                pending += data.decode()
+                while pending.strip():             # one JSON message at a time
+                    try:
+                        msg, end = decoder.raw_decode(pending.lstrip())
+                    except ValueError:
+                        break                      # incomplete: wait for more
+                    raw = pending.lstrip()[:end]
+                    pending = pending.lstrip()[end:]
+                    if (self.swallow is not None and not self.swallowed
+                            and msg.get("execute") == self.swallow):
+                        self.swallowed += 1
+                        reply = {"return": {}, "id": msg.get("id")}
+                        queue.put_nowait((loop.time() + self.delay,
+                                          json.dumps(reply).encode() + b"\r\n"))
+                        continue
+                    q_writer.write(raw.encode() + b"\n")
             q_writer.close()
 
         async def down() -> None:
@@ -384,3 +409,83 @@ def test_policy_interface_reports_one_outcome_per_checkpoint(pair: ColoPair) -> 
     outcomes = asyncio.run(scenario())
     assert [getattr(o, "done", None) for o in outcomes] == [True]
     assert _checkpoint_events(pair) == ["STOP", "RESUME"]
+
+
+def test_lost_command_is_retried_and_gives_one_checkpoint(pair: ColoPair,
+                                                          tmp_path: Any) -> None:
+    """x-checkpoint-delay acknowledged but never applied: no STOP, so it is sent again."""
+    _checkpoint_events(pair)
+    proxy_path = str(tmp_path / "lossy.qmp")
+
+    async def scenario() -> tuple[CheckpointController, SlowQmp]:
+        proxy = SlowQmp(pair.primary.agent_qmp, proxy_path, swallow="migrate-set-parameters")
+        await proxy.start()
+        mon = Monitor(proxy_path, "primary")
+        await mon.connect()
+        gate = EpochGate(Engine(), lambda d: None, lambda: 0.0)
+        ctl = CheckpointController(mon, gate, stop_timeout_s=1.0)
+        mon.on_event = ctl.on_event
+        ctl.start()
+        await _until(lambda: ctl.in_colo)
+        ctl.request("test")
+        await _until(lambda: ctl.counters.checkpoints_done == 1)
+        await asyncio.sleep(1.5)
+        await ctl.close()
+        await mon.close()
+        await proxy.close()
+        return ctl, proxy
+
+    ctl, proxy = asyncio.run(scenario())
+    assert proxy.swallowed == 1
+    c = ctl.counters
+    assert (c.commands_sent, c.retries, c.checkpoints_done, c.requested_done) == (2, 1, 1, 1)
+    assert _checkpoint_events(pair) == ["STOP", "RESUME"]
+
+
+def test_requests_in_flight_are_coalesced(pair: ColoPair) -> None:
+    _checkpoint_events(pair)
+
+    async def scenario() -> CheckpointController:
+        mon = Monitor(pair.primary.agent_qmp, "primary")
+        await mon.connect()
+        gate = EpochGate(Engine(), lambda d: None, lambda: 0.0)
+        ctl = CheckpointController(mon, gate)
+        mon.on_event = ctl.on_event
+        ctl.start()
+        await _until(lambda: ctl.in_colo)
+        for reason in ("payload-mismatch", "timeout", "queue-limit"):
+            ctl.request(reason)
+        await _until(lambda: ctl.counters.checkpoints_done == 1)
+        await asyncio.sleep(1.0)
+        await ctl.close()
+        await mon.close()
+        return ctl
+
+    ctl = asyncio.run(scenario())
+    c = ctl.counters
+    assert (c.requests, c.coalesced, c.commands_sent, c.checkpoints_done) == (3, 2, 1, 1)
+    assert ctl.history[0].reasons == ["payload-mismatch", "timeout", "queue-limit"]
+    assert _checkpoint_events(pair) == ["STOP", "RESUME"]
+
+
+def test_request_outside_colo_flushes_and_asks_nothing_of_qemu() -> None:
+    with ColoPair() as pair:                      # started, never migrated into COLO
+        async def scenario() -> tuple[CheckpointController, list[object]]:
+            mon = Monitor(pair.primary.agent_qmp, "primary")
+            await mon.connect()
+            out: list[object] = []
+            gate = EpochGate(Engine(), out.extend, lambda: 0.0)
+            ctl = CheckpointController(mon, gate)
+            mon.on_event = ctl.on_event
+            ctl.start()
+            assert gate.push(Side.PRIMARY, frame(b"x"), 0.0, "P") != []  # solo
+            ctl.request("timeout")
+            await _until(lambda: ctl.counters.outside_colo == 1)
+            await ctl.close()
+            await mon.close()
+            return ctl, out
+
+        ctl, _out = asyncio.run(scenario())
+        assert ctl.counters.commands_sent == 0 and not ctl.in_colo
+        assert pair.primary.cmd("query-migrate-parameters")["x-checkpoint-delay"] == 20000
+        assert _checkpoint_events(pair) == []
