@@ -267,12 +267,11 @@ class CheckpointController:
         while not self._closed:
             await self._wake.wait()
             self._wake.clear()
-            while self._wanted is not None and not self._closed:
+            # Between STOP and RESUME a request waits: RESUME wakes this loop again.
+            while self._wanted is not None and not self._closed and not self.stopped:
                 await self._serve(self._wanted)
 
     async def _serve(self, rec: CheckpointRecord) -> None:
-        if self.stopped:
-            return  # served after this checkpoint's RESUME (woken there)
         wait = self._last_resume + self.min_interval_s - self.clock()
         if wait > 0:
             await asyncio.sleep(wait)

@@ -489,3 +489,37 @@ def test_request_outside_colo_flushes_and_asks_nothing_of_qemu() -> None:
         assert ctl.counters.commands_sent == 0 and not ctl.in_colo
         assert pair.primary.cmd("query-migrate-parameters")["x-checkpoint-delay"] == 20000
         assert _checkpoint_events(pair) == []
+
+
+def test_request_during_a_checkpoint_waits_for_its_resume(pair: ColoPair) -> None:
+    """A request between STOP and RESUME (a compare timeout found by the scan while
+    the VMs are stopped) is served after RESUME, without spinning the loop.  The
+    STOP/RESUME of the first checkpoint are handed to the controller by the test,
+    at the moment of its choosing; the second checkpoint is QEMU's."""
+    _checkpoint_events(pair)
+
+    async def scenario() -> CheckpointController:
+        mon = Monitor(pair.primary.agent_qmp, "primary")
+        await mon.connect()
+        gate = EpochGate(Engine(), lambda d: None, lambda: 0.0)
+        ctl = CheckpointController(mon, gate, min_interval_ms=0)
+        ctl.start()
+        await _until(lambda: ctl.in_colo)
+        ctl.on_event("STOP", {}, 0.0)
+        ctl.request("timeout")
+        ticks = 0
+        for _ in range(20):                       # the loop keeps running meanwhile
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and ctl.counters.commands_sent == 0
+        mon.on_event = ctl.on_event               # QEMU's events from now on
+        ctl.on_event("RESUME", {}, 0.0)
+        await _until(lambda: ctl.counters.checkpoints_done == 2)
+        await ctl.close()
+        await mon.close()
+        return ctl
+
+    ctl = asyncio.run(scenario())
+    c = ctl.counters
+    assert (c.requests, c.commands_sent, c.requested_done, c.periodic_done) == (1, 1, 1, 1)
+    assert _checkpoint_events(pair) == ["STOP", "RESUME"]
