@@ -116,8 +116,11 @@ def test_request_from_the_datapath_is_one_checkpoint_and_flush_follows_resume(
     _checkpoint_events(pair)  # the COLO-entry pair
     feeder = Feeder()
 
+    latencies: list[float] = []
+
     async def scenario() -> tuple[PrimaryAgent, list[bytes]]:
         agent = _agent(pair, feeder)
+        agent.datapath.gate.on_match_release = latencies.append
         await agent.start()
         await _until(lambda: agent.controller.in_colo)
         await feeder.connect()
@@ -141,7 +144,11 @@ def test_request_from_the_datapath_is_one_checkpoint_and_flush_follows_resume(
     assert rec.requested is not None and rec.sent is not None and rec.stop is not None
     assert rec.resume is not None and rec.flushed is not None
     assert rec.requested <= rec.sent <= rec.stop <= rec.resume <= rec.flushed
-    assert agent.datapath.gate.counters.fences == agent.datapath.gate.counters.flushes == 1
+    gate = agent.datapath.gate.counters
+    assert gate.fences == gate.flushes == 1
+    # The figures behind the metrics: two frames released, one of them by a match.
+    assert gate.released_frames == 2 and gate.released_bytes == sum(map(len, out))
+    assert len(latencies) == 1
     # QEMU's own view, on the harness's monitor: exactly one more checkpoint.
     assert _checkpoint_events(pair) == ["STOP", "RESUME"]
     # The operator's period is unchanged.
