@@ -20,6 +20,7 @@ Layout::
     witness = "10.0.0.254:22"           # optional: tcp HOST:PORT (split-brain rule)
     key_file = "/etc/colo-proxy/NAME.key"  # pre-shared HMAC key (>= 32 bytes, mode 0600)
     redirectors = ["red0", "red1"]      # secondary: filter-redirector ids removed on failover
+    failover_before = [{execute = "nbd-server-stop"}]  # QMP run first on failover (disks)
     passthrough = ["proto=tcp,port=22"]
 
     [vm.NAME.datapath]                  # primary only
@@ -145,6 +146,9 @@ class VmConfig:
     heartbeat: Heartbeat = Heartbeat()
     timeouts: Timeouts = Timeouts()
     passthrough: tuple[PassthroughRule, ...] = ()
+    failover_before: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """QMP commands (name, arguments) run before the built-in failover sequence, e.g.
+    the block-replication steps of COLO-FT.txt."""
 
     def read_key(self) -> bytes:
         """The pre-shared key (whitespace stripped).  ColoError if unreadable."""
@@ -272,7 +276,7 @@ def _check_key(file: str, key: str, path: Path, problems: list[Problem]) -> byte
 
 
 _VM_KEYS = {"role", "qmp", "listen", "peer", "witness", "key_file", "redirectors",
-            "passthrough", "datapath", "heartbeat", "timeouts"}
+            "failover_before", "passthrough", "datapath", "heartbeat", "timeouts"}
 
 
 def _vm(r: _Reader, name: str, data: dict[str, Any], check_files: bool,
@@ -296,6 +300,24 @@ def _vm(r: _Reader, name: str, data: dict[str, Any], check_files: bool,
         r.bad(f"{p}.redirectors", "must be an array of object ids (strings)")
     else:
         redirectors = tuple(raw)
+    commands: list[tuple[str, dict[str, Any]]] = []
+    raw = data.get("failover_before", [])
+    if not isinstance(raw, list):
+        r.bad(f"{p}.failover_before", f"must be an array of tables, not {_kind(raw)}")
+    else:
+        for i, cmd in enumerate(raw):
+            k = f"{p}.failover_before[{i}]"
+            if not isinstance(cmd, dict):
+                r.bad(k, f"must be a table {{execute = ..., arguments = {{...}}}}, not "
+                         f"{_kind(cmd)}")
+                continue
+            r.unknown(cmd, k, {"execute", "arguments"})
+            execute = r.string(cmd, f"{k}.execute", "execute")
+            args = cmd.get("arguments", {})
+            if not isinstance(args, dict):
+                r.bad(f"{k}.arguments", f"must be a table, not {_kind(args)}")
+            elif execute:
+                commands.append((execute, args))
     rules: list[PassthroughRule] = []
     raw = data.get("passthrough", [])
     if not isinstance(raw, list):
@@ -340,7 +362,7 @@ def _vm(r: _Reader, name: str, data: dict[str, Any], check_files: bool,
     assert role is not None and qmp is not None and listen is not None
     assert peer is not None and key_file is not None
     return VmConfig(name, role, Path(qmp), listen, peer, Path(key_file), witness, redirectors,
-                    datapath, heartbeat, timeouts, tuple(rules))
+                    datapath, heartbeat, timeouts, tuple(rules), tuple(commands))
 
 
 def _datapath(r: _Reader, p: str, data: dict[str, Any],

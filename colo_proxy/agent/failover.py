@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config import HostPort
 from .qmp import Monitor, QmpCommandFailed, QmpError
@@ -51,7 +52,7 @@ class FailoverResult:
 
 
 async def _step(monitor: Monitor, result: FailoverResult, cmd: str,
-                args: dict[str, object] | None = None) -> None:
+                args: dict[str, Any] | None = None) -> None:
     what = cmd if not args else f"{cmd} {args}"
     try:
         await monitor.execute(cmd, args)
@@ -67,21 +68,29 @@ async def _step(monitor: Monitor, result: FailoverResult, cmd: str,
     log.info("failover: %s: ok", what)
 
 
-async def secondary_takeover(monitor: Monitor, redirectors: tuple[str, ...]) -> FailoverResult:
-    """The secondary becomes the service VM."""
+Commands = tuple[tuple[str, dict[str, Any]], ...]
+
+
+async def secondary_takeover(monitor: Monitor, redirectors: tuple[str, ...],
+                             before: Commands = ()) -> FailoverResult:
+    """The secondary becomes the service VM (``before``: configured commands first)."""
     result = FailoverResult()
     log.warning("failover: secondary takes over (x-colo-lost-heartbeat, then object-del %s)",
                 ", ".join(redirectors) or "(no redirectors configured)")
+    for cmd, args in before:
+        await _step(monitor, result, cmd, args or None)
     await _step(monitor, result, "x-colo-lost-heartbeat")
     for obj in redirectors:
         await _step(monitor, result, "object-del", {"id": obj})
     return result
 
 
-async def primary_continues(monitor: Monitor) -> FailoverResult:
+async def primary_continues(monitor: Monitor, before: Commands = ()) -> FailoverResult:
     """The primary leaves COLO and runs alone (the caller releases held output)."""
     result = FailoverResult()
     log.warning("failover: primary continues alone (x-colo-lost-heartbeat)")
+    for cmd, args in before:
+        await _step(monitor, result, cmd, args or None)
     await _step(monitor, result, "x-colo-lost-heartbeat")
     return result
 

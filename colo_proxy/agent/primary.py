@@ -25,7 +25,7 @@ from ..datapath.qemu_socket import QemuSocketSettings
 from .checkpoint import CheckpointController, CheckpointRecord
 from .config import Timeouts
 from .datapath import AgentDatapath
-from .failover import FailoverResult, primary_continues
+from .failover import Commands, FailoverResult, primary_continues
 from .qmp import Monitor, QmpUnavailable
 
 log = logging.getLogger("colo_proxy.agent.primary")
@@ -33,7 +33,9 @@ log = logging.getLogger("colo_proxy.agent.primary")
 
 class PrimaryAgent:
     def __init__(self, name: str, qmp_path: str, settings: QemuSocketSettings, engine: Engine,
-                 *, timeouts: Timeouts | None = None, retry_s: float = 1.0) -> None:
+                 *, timeouts: Timeouts | None = None, retry_s: float = 1.0,
+                 failover_before: Commands = ()) -> None:
+        self.failover_before = failover_before
         self.name = name
         self.timeouts = t = timeouts or Timeouts()
         self.retry_s = retry_s
@@ -104,7 +106,7 @@ class PrimaryAgent:
     async def failover(self) -> FailoverResult:
         """The secondary is dead: leave COLO, release everything, run alone."""
         self.failed_over = True
-        result = await primary_continues(self.monitor)
+        result = await primary_continues(self.monitor, self.failover_before)
         self.controller.leave_colo()
         return result
 

@@ -121,12 +121,13 @@ class AgentRunner:
                          max_connections=self.engine_config.max_connections,
                          passthrough=vm.passthrough or self.engine_config.passthrough)
             primary = PrimaryAgent(vm.name, str(vm.qmp), settings, Engine(cfg),
-                                   timeouts=vm.timeouts)
+                                   timeouts=vm.timeouts, failover_before=vm.failover_before)
             hb = Heartbeat(vm.name, primary=True, key=key, listen=vm.listen, peer=vm.peer,
                            interval_ms=vm.heartbeat.interval_ms, misses=vm.heartbeat.misses,
                            healthy=lambda: primary.qemu_healthy)
             return VmRuntime(vm, hb, primary=primary)
-        secondary = SecondaryAgent(vm.name, str(vm.qmp), vm.redirectors, timeouts=vm.timeouts)
+        secondary = SecondaryAgent(vm.name, str(vm.qmp), vm.redirectors, timeouts=vm.timeouts,
+                                   failover_before=vm.failover_before)
         hb = Heartbeat(vm.name, primary=False, key=key, listen=vm.listen, peer=vm.peer,
                        interval_ms=vm.heartbeat.interval_ms, misses=vm.heartbeat.misses,
                        healthy=lambda: secondary.qemu_healthy)

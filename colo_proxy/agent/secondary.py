@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from .config import Timeouts
-from .failover import FailoverResult, secondary_takeover
+from .failover import Commands, FailoverResult, secondary_takeover
 from .qmp import Monitor, QmpError, QmpUnavailable
 
 log = logging.getLogger("colo_proxy.agent.secondary")
@@ -16,7 +16,9 @@ log = logging.getLogger("colo_proxy.agent.secondary")
 
 class SecondaryAgent:
     def __init__(self, name: str, qmp_path: str, redirectors: tuple[str, ...], *,
-                 timeouts: Timeouts | None = None, retry_s: float = 1.0) -> None:
+                 timeouts: Timeouts | None = None, retry_s: float = 1.0,
+                 failover_before: Commands = ()) -> None:
+        self.failover_before = failover_before
         self.name = name
         t = timeouts or Timeouts()
         self.redirectors = redirectors
@@ -105,7 +107,8 @@ class SecondaryAgent:
 
     async def failover(self) -> FailoverResult:
         self.failed_over = True
-        result = await secondary_takeover(self.monitor, self.redirectors)
+        result = await secondary_takeover(self.monitor, self.redirectors,
+                                          self.failover_before)
         self.in_colo = self.colo_error = False
         return result
 

@@ -115,6 +115,7 @@ listen = "127.0.0.1:{s_hb}"
 peer = "127.0.0.1:{p_hb}"
 key_file = "{key}"
 redirectors = ["f1", "f2"]
+failover_before = [{{execute = "nbd-server-stop"}}]   # COLO-FT.txt's first step
 
 [vm.web.heartbeat]
 interval_ms = {interval_ms}
@@ -127,6 +128,9 @@ misses = {misses}
         self.pair.start()
         self.secondary.start()
         _until(lambda: "agent running" in self.secondary.log(), "the secondary agent")
+        self.nbd_port = free_tcp_port()
+        self.pair.secondary.cmd("nbd-server-start", addr={
+            "type": "inet", "data": {"host": "127.0.0.1", "port": str(self.nbd_port)}})
         self.pair.enter_colo()
         _until(lambda: "COLO running (primary)" in self.primary.log(), "primary in COLO")
         _until(lambda: "COLO running (secondary)" in self.secondary.log(), "secondary in COLO")
@@ -190,6 +194,10 @@ def test_primary_qemu_killed_secondary_agent_takes_over(deployment: Deployment) 
     assert "peer declared dead: the peer reports its QEMU gone" in log
     assert "x-colo-lost-heartbeat: ok" in log
     assert "object-del {'id': 'f1'}: ok" in log and "object-del {'id': 'f2'}: ok" in log
+    assert log.index("failover: nbd-server-stop: ok") < log.index("x-colo-lost-heartbeat: ok")
+    # The NBD server is really stopped: it can be started again.
+    d.pair.secondary.cmd("nbd-server-start", addr={
+        "type": "inet", "data": {"host": "127.0.0.1", "port": str(free_tcp_port())}})
     status = d.pair.secondary.cmd("query-colo-status")
     assert (status["mode"], status["last-mode"]) == ("none", "secondary")
     assert d.pair.secondary.cmd("query-status")["running"]

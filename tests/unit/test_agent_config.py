@@ -76,9 +76,14 @@ peer = "10.0.0.1:7800"
 witness = "10.0.0.254:22"
 key_file = "{_key(tmp_path)}"
 redirectors = ["red0", "red1"]
+failover_before = [{{execute = "nbd-server-stop"}},
+                   {{execute = "human-monitor-command", arguments = {{command-line = "info"}}}}]
 """
     cfg = parse(text, "sec.toml")
     (vm,) = cfg.vms
+    assert vm.name == "web"
+    assert vm.failover_before == (("nbd-server-stop", {}),
+                                  ("human-monitor-command", {"command-line": "info"}))
     assert vm.redirectors == ("red0", "red1")
     assert vm.witness is not None and vm.witness.port == 22
     assert any("not loopback" in w for w in cfg.warnings)
@@ -103,6 +108,7 @@ peer = "127.0.0.1:99999"
 key_file = "{_key(tmp_path, mode=0o644)}"
 colour = "blue"
 passthrough = ["proto=bogus"]
+failover_before = [{{run = "x"}}, "nbd-server-stop"]
 
 [vm.web.heartbeat]
 interval_ms = "fast"
@@ -115,6 +121,9 @@ misses = 1
     assert any(p.startswith("vm.web.peer:") and "bad port" in p for p in got)
     assert any(p.startswith("vm.web.key_file:") and "0644" in p for p in got)
     assert "vm.web.colour: unknown key" in got
+    assert "vm.web.failover_before[0].run: unknown key" in got
+    assert "vm.web.failover_before[0].execute: missing" in got
+    assert any(p.startswith("vm.web.failover_before[1]: must be a table") for p in got)
     assert any(p.startswith("vm.web.passthrough[0]:") for p in got)
     assert any(p.startswith("vm.web.heartbeat.interval_ms: must be an integer") for p in got)
     assert any(p.startswith("vm.web.heartbeat.misses:") and "out of range" in p for p in got)
