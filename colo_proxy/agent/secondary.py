@@ -37,6 +37,7 @@ class SecondaryAgent:
         self.tried = False
         """The QMP socket was tried once (qemu_healthy is known)."""
         self._task: asyncio.Task[None] | None = None
+        self._refreshes: set[asyncio.Task[bool]] = set()
 
     @property
     def qemu_healthy(self) -> bool | None:
@@ -60,7 +61,9 @@ class SecondaryAgent:
                 log.warning("%s: COLO_EXIT mode=%s reason=%s", self.name, data.get("mode"),
                             reason)
         elif name == "RESUME" and not self.in_colo and not self.failed_over:
-            asyncio.get_running_loop().create_task(self.refresh())
+            task = asyncio.get_running_loop().create_task(self.refresh())
+            self._refreshes.add(task)
+            task.add_done_callback(self._refreshes.discard)
 
     def _qmp_closed(self, reason: str) -> None:
         log.warning("%s: QMP connection closed (%s): the secondary QEMU is gone; the "

@@ -530,3 +530,55 @@ def test_request_during_a_checkpoint_waits_for_its_resume(pair: ColoPair) -> Non
     c = ctl.counters
     assert (c.requests, c.commands_sent, c.requested_done, c.periodic_done) == (1, 1, 1, 1)
     assert _checkpoint_events(pair) == ["STOP", "RESUME"]
+
+
+def test_secondary_frame_between_resume_and_flush_is_kept_real_checkpoint(
+        pair: ColoPair) -> None:
+    """The race of issue 8 with a real checkpoint: a new-epoch SVM frame is read after
+    STOP and before the flush at RESUME.  The test holds QEMU's RESUME back until the
+    datapath has read that frame, so the order is certain.  Kept (not flushed), it
+    matches the PVM's counterpart sent after the checkpoint: released well before
+    the 60 s compare timeout could do it."""
+    _checkpoint_events(pair)
+    feeder = Feeder()
+
+    async def scenario() -> tuple[PrimaryAgent, list[bytes]]:
+        agent = _agent(pair, feeder)
+        gate = agent.datapath.gate
+        deliver = agent.controller.on_event
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+
+        async def late_resume(data: dict[str, Any], at: float) -> None:
+            await _until(lambda: gate.parked >= 1)
+            deliver("RESUME", data, at)
+
+        def on_event(name: str, data: dict[str, Any], at: float) -> None:
+            if name == "STOP":
+                deliver(name, data, at)
+                tasks.append(loop.create_task(
+                    feeder.send("secondary_in", frame(b"new epoch", sport=11))))
+            elif name == "RESUME":
+                tasks.append(loop.create_task(late_resume(data, at)))
+            else:
+                deliver(name, data, at)
+
+        agent.monitor.on_event = on_event
+        await agent.start()
+        await _until(lambda: agent.controller.in_colo)
+        await feeder.connect()
+        await feeder.send("primary_in", frame(b"old A", sport=10))
+        await feeder.send("secondary_in", frame(b"old B", sport=10))
+        await feeder.read_out(1)                          # the checkpoint's flush
+        await feeder.send("primary_in", frame(b"new epoch", sport=11))
+        out = await feeder.read_out(2)                    # released by the match
+        await agent.stop()
+        feeder.close()
+        return agent, out
+
+    agent, out = asyncio.run(scenario())
+    assert out == [frame(b"old A", sport=10), frame(b"new epoch", sport=11)]
+    gate = agent.datapath.gate.counters
+    assert gate.parked_total == 1 and gate.flushes == 1
+    assert agent.controller.counters.checkpoints_done == 1
+    assert _checkpoint_events(pair) == ["STOP", "RESUME"]
