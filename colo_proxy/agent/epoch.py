@@ -34,6 +34,12 @@ Outside COLO (before COLO is entered, after failover) there is no secondary to
 compare with: the gate is *solo*: every primary frame is released at once,
 every secondary frame dropped, and entering solo releases everything held.
 
+How it plugs in: the agent's policy (policy.py) installs the gate with the
+seam's engine-wrapper hook (``DatapathControl.wrap_engine``, colo_proxy/seam/
+control.py), so the datapath pushes every frame through it, and the seam's
+``fence``/``flush``/``unfence``/``enter_solo``/``enter_colo`` reach it.  The
+gate returns decisions and never acts on them: the seam routes them.
+
 Engine hook that would remove the parking (proposed to the engine's owner):
 ``Engine.fence() -> int`` returning an arrival sequence number, and
 ``Engine.checkpoint_done(now_ms, upto=fence)`` flushing only the arrivals up to
@@ -46,20 +52,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
+from ..compare.engine import Engine
 from ..compare.model import Decision, Drop, Release, Side
 
 log = logging.getLogger("colo_proxy.agent.epoch")
-
-
-class EngineLike(Protocol):
-    def push(self, side: Side, frame: bytes, now_ms: float, tag: object = None,
-             vnet_hdr_len: int = 0) -> list[Decision]: ...
-
-    def checkpoint_done(self, now_ms: float) -> list[Decision]: ...
-
-    def tick(self, now_ms: float) -> list[Decision]: ...
 
 
 @dataclass
@@ -77,20 +74,16 @@ class GateCounters:
 
 
 class EpochGate:
-    """Sits between a datapath and its Engine; see the module docstring.
-
-    ``emit`` receives the decisions produced outside a ``push`` call (at the
-    flush, on entering solo); the datapath hands them to its normal handler.
+    """Sits between a datapath and its Engine; see the module docstring.  An
+    ``EngineWrapper`` of the seam (colo_proxy/seam/control.py): every method
+    returns the decisions it produced, for the seam to route.
     """
 
-    def __init__(self, engine: Any, emit: Callable[[list[Decision]], None],
-                 clock_ms: Callable[[], float], *, solo: bool = True,
+    def __init__(self, engine: Engine, *, solo: bool = True,
                  max_parked: int = 1 << 16) -> None:
         self.engine = engine
-        self._emit = emit
         self.on_match_release: Callable[[float], None] | None = None
         """Called with held_ms of every primary released by a match (the histogram)."""
-        self.clock_ms = clock_ms
         self.solo = solo
         self.fenced = False
         self.max_parked = max_parked
@@ -125,10 +118,6 @@ class EpochGate:
             self._count(result, self.on_match_release)
         return result
 
-    def emit(self, decisions: list[Decision]) -> None:
-        self._count(decisions, None)
-        self._emit(decisions)
-
     def _count(self, decisions: list[Decision], observe: Callable[[float], None] | None
                ) -> None:
         c = self.counters
@@ -149,9 +138,10 @@ class EpochGate:
             self._count(result, None)
         return result
 
-    def __getattr__(self, name: str) -> Any:
-        # stats, connections(), checkpoint_pending, ...: the engine's.
-        return getattr(self.engine, name)
+    def held(self) -> tuple[int, int]:
+        """Frames parked here (primary, secondary), not yet in the engine."""
+        primary = sum(1 for p in self._parked if p[0] == Side.PRIMARY)
+        return primary, len(self._parked) - primary
 
     # -- the checkpoint controller's side --------------------------------------
 
@@ -162,30 +152,32 @@ class EpochGate:
         self.fenced = True
         self.counters.fences += 1
 
-    def flush(self) -> None:
-        """RESUME after STOP: the checkpoint is done."""
+    def checkpoint_done(self, now_ms: float) -> list[Decision]:
+        """RESUME after STOP: the checkpoint is done.  The engine flushes what it
+        holds, then the parked frames enter the new epoch."""
         out: list[Decision] = []
         if not self.solo:
-            out.extend(self.engine.checkpoint_done(self.clock_ms()))
+            out.extend(self.engine.checkpoint_done(now_ms))
             self.counters.flushes += 1
             out.extend(self._admit())
         self.fenced = False
-        if out:
-            self.emit(out)
+        self._count(out, None)
+        return out
 
-    def unfence(self) -> None:
+    def unfence(self) -> list[Decision]:
         """The fence is lifted without a checkpoint (no RESUME in time)."""
-        if self.fenced:
-            self.counters.unfenced_without_flush += 1
-            out = self._admit()
-            if out:
-                self.emit(out)
+        if not self.fenced:
+            return []
+        self.counters.unfenced_without_flush += 1
+        out = self._admit()
+        self._count(out, None)
+        return out
 
-    def enter_solo(self) -> None:
+    def enter_solo(self, now_ms: float) -> list[Decision]:
         """No secondary to compare with: release everything held, pass all primaries."""
         if self.solo:
-            return
-        out = self.engine.checkpoint_done(self.clock_ms())
+            return []
+        out = self.engine.checkpoint_done(now_ms)
         parked, self._parked = self._parked, []
         self.fenced = False
         self.solo = True
@@ -196,8 +188,8 @@ class EpochGate:
                 self.counters.solo_released += 1
             else:
                 self.counters.solo_dropped += 1
-        if out:
-            self.emit(out)
+        self._count(out, None)
+        return out
 
     def enter_colo(self) -> None:
         """COLO entered: compare from now on.  The engine starts empty."""

@@ -1,5 +1,10 @@
 """The primary host's agent for one VM: datapath + QMP monitor + checkpoint controller.
 
+The datapath is the plain qemu-socket datapath with the agent's checkpoint
+policy plugged into its seam (policy.py): the seam binds it, it installs the
+epoch gate, and the controller drives fence/flush/solo through the seam.
+SIGTERM/SIGINT belong to the host process (runner.py), not to the datapath.
+
 Lifecycle and faults (each has one log line, docs/operations.md "Log lines"):
 
 * the QMP socket missing or refusing: "QMP unavailable: ..." once, then retried
@@ -21,11 +26,12 @@ import logging
 from typing import Any
 
 from ..compare.engine import Engine
-from ..datapath.qemu_socket import QemuSocketSettings
-from .checkpoint import CheckpointController, CheckpointRecord
+from ..datapath.qemu_socket import QemuSocketDatapath, QemuSocketSettings
+from .checkpoint import CheckpointRecord
 from .config import Timeouts
-from .datapath import AgentDatapath
+from .epoch import EpochGate
 from .failover import Commands, FailoverResult, primary_continues
+from .policy import QmpCheckpointPolicy
 from .qmp import Monitor, QmpUnavailable
 
 log = logging.getLogger("colo_proxy.agent.primary")
@@ -39,16 +45,15 @@ class PrimaryAgent:
         self.name = name
         self.timeouts = t = timeouts or Timeouts()
         self.retry_s = retry_s
-        self.datapath = AgentDatapath(engine, settings)
         self.monitor = Monitor(qmp_path, f"{name}/qmp", connect_timeout_s=t.qmp_connect_s,
                                command_timeout_s=t.qmp_command_s)
-        self.controller = CheckpointController(
-            self.monitor, self.datapath.gate, stop_timeout_s=t.checkpoint_stop_s,
-            resume_timeout_s=t.checkpoint_resume_s,
-            min_interval_ms=t.min_checkpoint_interval_ms, on_checkpoint=self._checkpointed,
-            name=name)
-        self.datapath.controller = self.controller
-        self.monitor.on_event = self.controller.on_event
+        self.policy = QmpCheckpointPolicy(self.monitor, timeouts=t, vm=name,
+                                          on_checkpoint=self._checkpointed)
+        self.controller = self.policy.controller
+        self.datapath = QemuSocketDatapath(engine, settings, policy=self.policy)
+        gate = self.policy.gate
+        assert gate is not None  # bound by the datapath's seam
+        self.gate: EpochGate = gate
         self.monitor.on_closed = self._qmp_closed
         self.failed_over = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -99,7 +104,8 @@ class PrimaryAgent:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.datapath.run(), name=f"{self.name}-datapath"),
+        self._tasks = [loop.create_task(self.datapath.run(handle_signals=False),
+                                        name=f"{self.name}-datapath"),
                        loop.create_task(self._monitor_loop(), name=f"{self.name}-qmp")]
         await asyncio.sleep(0)
 

@@ -79,8 +79,8 @@ def vm_figures(rt: VmRuntime) -> dict[str, Any]:
     if rt.primary is not None:
         ctl = rt.primary.controller
         c = ctl.counters
-        gate = rt.primary.datapath.gate.counters
-        st = rt.primary.datapath.real_engine.stats
+        gate = rt.primary.gate.counters
+        st = rt.primary.datapath.engine.stats
         figures.update({
             "checkpoint_requests": dict(c.by_reason),
             "checkpoints": {"requested": c.requested_done, "periodic": c.periodic_done},
@@ -89,9 +89,9 @@ def vm_figures(rt: VmRuntime) -> dict[str, Any]:
             "frames_released": gate.released_frames, "bytes_released": gate.released_bytes,
             "frames_dropped": {str(k): v for k, v in st.dropped.items()},
             "solo_dropped": gate.solo_dropped,
-            "frames_held": st.held_frames_now + rt.primary.datapath.gate.parked,
+            "frames_held": st.held_frames_now + rt.primary.gate.parked,
             "bytes_held": st.held_bytes_now, "overflow": st.overflow,
-            "out_lost": rt.primary.datapath.counters.out_lost,
+            "out_lost": rt.primary.datapath.counters.lost_frames,
             "last_checkpoints": [r.as_dict() for r in list(ctl.history)[-5:]],
         })
     return figures
@@ -236,7 +236,7 @@ class AgentRunner:
             return
         latency = h.match_release.labels(vm=rt.vm.name)
         duration = h.checkpoint.labels(vm=rt.vm.name)
-        rt.primary.datapath.gate.on_match_release = lambda ms: latency.observe(ms / 1000.0)
+        rt.primary.gate.on_match_release = lambda ms: latency.observe(ms / 1000.0)
         previous = rt.primary.controller.on_checkpoint
 
         def on_checkpoint(rec: Any) -> None:

@@ -34,6 +34,8 @@ from colo_proxy.compare.model import Config, Side
 from colo_proxy.datapath.endpoints import Endpoint
 from colo_proxy.datapath.qemu_socket import QemuSocketSettings
 from colo_proxy.qemu.framing import encode
+from colo_proxy.seam import DatapathControl, Seam
+from colo_proxy.seam.checkpoint import HoldPolicy
 
 pytestmark = [pytest.mark.qemu,
               pytest.mark.skipif(kvm_unusable() is not None, reason=str(kvm_unusable()))]
@@ -92,6 +94,30 @@ class Feeder:
             w.close()
 
 
+class _Out:
+    """The datapath I/O of a seam without a datapath: records released tags."""
+
+    def __init__(self) -> None:
+        self.released: list[object] = []
+
+    def release(self, tags: list[object]) -> int:
+        self.released.extend(tags)
+        return 0
+
+    def drop(self, tags: list[object]) -> None:
+        pass
+
+
+def _control() -> tuple[DatapathControl, EpochGate, _Out]:
+    """A seam with the epoch gate as its engine wrapper; its control is the
+    controller's hooks, as the agent's policy wires them."""
+    out = _Out()
+    seam = Seam(Engine(), HoldPolicy(), out)
+    gate = EpochGate(seam.engine)
+    seam.control.wrap_engine(gate)
+    return seam.control, gate, out
+
+
 def _agent(pair: ColoPair, feeder: Feeder, **timeouts: Any) -> PrimaryAgent:
     engine = Engine(Config(compare_timeout_ms=60000))
     return PrimaryAgent("vm", pair.primary.agent_qmp, feeder.settings(), engine,
@@ -120,7 +146,7 @@ def test_request_from_the_datapath_is_one_checkpoint_and_flush_follows_resume(
 
     async def scenario() -> tuple[PrimaryAgent, list[bytes]]:
         agent = _agent(pair, feeder)
-        agent.datapath.gate.on_match_release = latencies.append
+        agent.gate.on_match_release = latencies.append
         await agent.start()
         await _until(lambda: agent.controller.in_colo)
         await feeder.connect()
@@ -144,7 +170,7 @@ def test_request_from_the_datapath_is_one_checkpoint_and_flush_follows_resume(
     assert rec.requested is not None and rec.sent is not None and rec.stop is not None
     assert rec.resume is not None and rec.flushed is not None
     assert rec.requested <= rec.sent <= rec.stop <= rec.resume <= rec.flushed
-    gate = agent.datapath.gate.counters
+    gate = agent.gate.counters
     assert gate.fences == gate.flushes == 1
     # The figures behind the metrics: two frames released, one of them by a match.
     assert gate.released_frames == 2 and gate.released_bytes == sum(map(len, out))
@@ -223,7 +249,7 @@ def test_primary_survives_secondary_killed_and_releases_held(pair: ColoPair) -> 
     agent, out = asyncio.run(scenario())
     assert out == [frame(b"held %d" % i, sport=100 + i) for i in range(3)] + [
         frame(b"after failover")]
-    assert agent.datapath.gate.solo
+    assert agent.gate.solo
     status = pair.primary.cmd("query-colo-status")
     assert (status["mode"], status["last-mode"]) == ("none", "primary")
     assert pair.primary.cmd("query-status")["running"]
@@ -382,39 +408,39 @@ def test_one_second_qmp_answers_still_give_one_checkpoint(pair: ColoPair,
     assert rec.as_dict()["request_to_stop_ms"] >= 1000.0
 
 
-def test_policy_interface_reports_one_outcome_per_checkpoint(pair: ColoPair) -> None:
-    """QmpCheckpointPolicy through today's start/poll/stop interface (no gate)."""
+def test_policy_without_the_gate_flushes_through_the_seam_once_per_checkpoint(
+        pair: ColoPair) -> None:
+    """QmpCheckpointPolicy bound to a seam without the epoch gate (epoch=False): the
+    engine's request reaches QEMU, and RESUME flushes through the seam's control
+    (one checkpoint done, counted by the seam), with nothing left for poll()."""
     from colo_proxy.agent.policy import QmpCheckpointPolicy
-    from colo_proxy.compare.model import CheckpointRequest, Reason
 
     _checkpoint_events(pair)
 
-    async def scenario() -> list[object]:
+    async def scenario() -> tuple[Seam, _Out, QmpCheckpointPolicy]:
         mon = Monitor(pair.primary.agent_qmp, "primary")
         await mon.connect()
-        policy = QmpCheckpointPolicy(mon)
+        policy = QmpCheckpointPolicy(mon, epoch=False)
+        out = _Out()
+        seam = Seam(Engine(Config(compare_timeout_ms=60000)), policy, out)
+        assert policy.gate is None and seam.input is seam.engine
         policy.begin()
         await _until(lambda: policy.controller.in_colo)
+        seam.handle(seam.input.push(Side.PRIMARY, frame(b"A", sport=12), 0.0, "P"))
+        seam.handle(seam.input.push(Side.SECONDARY, frame(b"B", sport=12), 0.0, None))
+        assert policy.controller.counters.requests == 1 and out.released == []
+        await _until(lambda: seam.counters.checkpoints_done == 1)
+        await asyncio.sleep(1.0)                 # no second checkpoint may follow
         assert policy.poll() is None
-        policy.start(CheckpointRequest(Reason.PAYLOAD_MISMATCH, None, "test", 0.0))
-        outcomes: list[object] = []
-
-        def polled() -> bool:
-            outcome = policy.poll()
-            if outcome is not None:
-                outcomes.append(outcome)
-            return bool(outcomes)
-
-        await _until(polled)
-        await asyncio.sleep(1.0)                 # no second outcome may follow
-        polled()
         policy.stop()
         await policy.aclose()
         await mon.close()
-        return outcomes
+        return seam, out, policy
 
-    outcomes = asyncio.run(scenario())
-    assert [getattr(o, "done", None) for o in outcomes] == [True]
+    seam, out, policy = asyncio.run(scenario())
+    assert out.released == ["P"]
+    assert seam.counters.checkpoints_done == 1 and not seam.requesting
+    assert policy.controller.counters.requested_done == 1
     assert _checkpoint_events(pair) == ["STOP", "RESUME"]
 
 
@@ -429,8 +455,8 @@ def test_lost_command_is_retried_and_gives_one_checkpoint(pair: ColoPair,
         await proxy.start()
         mon = Monitor(proxy_path, "primary")
         await mon.connect()
-        gate = EpochGate(Engine(), lambda d: None, lambda: 0.0)
-        ctl = CheckpointController(mon, gate, stop_timeout_s=1.0)
+        control, _gate, _out = _control()
+        ctl = CheckpointController(mon, control, stop_timeout_s=1.0)
         mon.on_event = ctl.on_event
         ctl.start()
         await _until(lambda: ctl.in_colo)
@@ -455,8 +481,8 @@ def test_requests_in_flight_are_coalesced(pair: ColoPair) -> None:
     async def scenario() -> CheckpointController:
         mon = Monitor(pair.primary.agent_qmp, "primary")
         await mon.connect()
-        gate = EpochGate(Engine(), lambda d: None, lambda: 0.0)
-        ctl = CheckpointController(mon, gate)
+        control, _gate, _out = _control()
+        ctl = CheckpointController(mon, control)
         mon.on_event = ctl.on_event
         ctl.start()
         await _until(lambda: ctl.in_colo)
@@ -477,12 +503,11 @@ def test_requests_in_flight_are_coalesced(pair: ColoPair) -> None:
 
 def test_request_outside_colo_flushes_and_asks_nothing_of_qemu() -> None:
     with ColoPair() as pair:                      # started, never migrated into COLO
-        async def scenario() -> tuple[CheckpointController, list[object]]:
+        async def scenario() -> CheckpointController:
             mon = Monitor(pair.primary.agent_qmp, "primary")
             await mon.connect()
-            out: list[object] = []
-            gate = EpochGate(Engine(), out.extend, lambda: 0.0)
-            ctl = CheckpointController(mon, gate)
+            control, gate, _out = _control()
+            ctl = CheckpointController(mon, control)
             mon.on_event = ctl.on_event
             ctl.start()
             assert gate.push(Side.PRIMARY, frame(b"x"), 0.0, "P") != []  # solo
@@ -490,9 +515,9 @@ def test_request_outside_colo_flushes_and_asks_nothing_of_qemu() -> None:
             await _until(lambda: ctl.counters.outside_colo == 1)
             await ctl.close()
             await mon.close()
-            return ctl, out
+            return ctl
 
-        ctl, _out = asyncio.run(scenario())
+        ctl = asyncio.run(scenario())
         assert ctl.counters.commands_sent == 0 and not ctl.in_colo
         assert pair.primary.cmd("query-migrate-parameters")["x-checkpoint-delay"] == 20000
         assert _checkpoint_events(pair) == []
@@ -508,8 +533,8 @@ def test_request_during_a_checkpoint_waits_for_its_resume(pair: ColoPair) -> Non
     async def scenario() -> CheckpointController:
         mon = Monitor(pair.primary.agent_qmp, "primary")
         await mon.connect()
-        gate = EpochGate(Engine(), lambda d: None, lambda: 0.0)
-        ctl = CheckpointController(mon, gate, min_interval_ms=0)
+        control, _gate, _out = _control()
+        ctl = CheckpointController(mon, control, min_interval_ms=0)
         ctl.start()
         await _until(lambda: ctl.in_colo)
         ctl.on_event("STOP", {}, 0.0)
@@ -544,7 +569,7 @@ def test_secondary_frame_between_resume_and_flush_is_kept_real_checkpoint(
 
     async def scenario() -> tuple[PrimaryAgent, list[bytes]]:
         agent = _agent(pair, feeder)
-        gate = agent.datapath.gate
+        gate = agent.gate
         deliver = agent.controller.on_event
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
@@ -578,7 +603,7 @@ def test_secondary_frame_between_resume_and_flush_is_kept_real_checkpoint(
 
     agent, out = asyncio.run(scenario())
     assert out == [frame(b"old A", sport=10), frame(b"new epoch", sport=11)]
-    gate = agent.datapath.gate.counters
+    gate = agent.gate.counters
     assert gate.parked_total == 1 and gate.flushes == 1
     assert agent.controller.counters.checkpoints_done == 1
     assert _checkpoint_events(pair) == ["STOP", "RESUME"]

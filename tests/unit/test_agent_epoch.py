@@ -22,13 +22,23 @@ class Rig:
         self.now = 0.0
         self.engine = Engine(Config(compare_timeout_ms=3000))
         self.out: list[Decision] = []
-        self.gate = EpochGate(self.engine, self.out.extend, lambda: self.now, solo=False)
+        self.gate = EpochGate(self.engine, solo=False)
 
     def push(self, side: Side, frame: bytes, tag: str) -> list[Decision]:
         self.now += 1
         got = self.gate.push(side, frame, self.now, tag)
         self.out.extend(got)
         return got
+
+    def flush(self) -> None:
+        """RESUME: what the seam does on DatapathControl.flush (routes the decisions)."""
+        self.out.extend(self.gate.checkpoint_done(self.now))
+
+    def unfence(self) -> None:
+        self.out.extend(self.gate.unfence())
+
+    def enter_solo(self) -> None:
+        self.out.extend(self.gate.enter_solo(self.now))
 
     def released(self) -> list[object]:
         return releases(self.out)
@@ -46,7 +56,7 @@ def test_secondary_frame_between_svm_resume_and_flush_is_kept() -> None:
     r.gate.fence()                                  # STOP seen
     r.push(S, udp(b"new", sport=7), "S-new")        # SVM already running again
     assert r.gate.parked == 1
-    r.gate.flush()                                  # RESUME seen: flush
+    r.flush()                                  # RESUME seen: flush
     assert r.released() == ["P-old"]
     assert r.engine.stats.dropped.get(DropReason.CHECKPOINT, 0) == 0  # S-new kept
     r.push(P, udp(b"new", sport=7), "P-new")        # the PVM's counterpart
@@ -59,7 +69,7 @@ def test_primary_frame_between_resume_and_flush_is_compared_not_released() -> No
     _mismatch_then_checkpoint(r)
     r.gate.fence()
     r.push(P, udp(b"new-p", sport=7), "P-new")      # new epoch, read before the flush
-    r.gate.flush()
+    r.flush()
     assert r.released() == ["P-old"]                # P-new is held, not released uncompared
     assert r.engine.stats.held_frames_now == 1
     r.push(S, udp(b"different", sport=7), "S-new")
@@ -72,7 +82,7 @@ def test_without_the_fence_the_race_loses_the_secondary() -> None:
     r = Rig()
     _mismatch_then_checkpoint(r)
     r.push(S, udp(b"new", sport=7), "S-new")        # read before the flush: old epoch
-    r.gate.flush()
+    r.flush()
     assert r.engine.stats.dropped[DropReason.CHECKPOINT] == 1  # S-new dropped
     r.push(P, udp(b"new", sport=7), "P-new")
     assert r.released() == ["P-old"]                # P-new waits for the compare timeout
@@ -88,7 +98,7 @@ def test_tcp_stream_continues_across_the_fence() -> None:
     r.push(S, tcp(1006, b"world"), "S2")
     r.push(P, tcp(1006, b"world"), "P2")            # both parked
     assert r.gate.parked == 2
-    r.gate.flush()
+    r.flush()
     assert "P2" in r.released()
     assert r.gate.counters.flushes == 1
 
@@ -98,7 +108,7 @@ def test_unfence_without_resume_admits_and_holds() -> None:
     _mismatch_then_checkpoint(r)
     r.gate.fence()
     r.push(P, udp(b"x", sport=9), "P-x")
-    r.gate.unfence()                                # no RESUME in time
+    r.unfence()                                # no RESUME in time
     assert r.gate.parked == 0 and not r.gate.fenced
     assert r.released() == []                       # everything still held, nothing lost
     assert r.engine.stats.held_frames_now == 2  # P-old and P-x
@@ -110,7 +120,7 @@ def test_solo_releases_everything_held_and_passes_primaries() -> None:
     r.gate.fence()
     r.push(P, udp(b"parked"), "P-parked")
     r.push(S, udp(b"parked"), "S-parked")
-    r.gate.enter_solo()                             # failover on the primary
+    r.enter_solo()                             # failover on the primary
     assert r.released() == ["P-old", "P-parked"]
     assert r.push(P, udp(b"later"), "P-later") != []
     assert r.push(S, udp(b"later"), "S-later") == []
