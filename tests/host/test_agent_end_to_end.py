@@ -215,7 +215,10 @@ def test_secondary_qemu_killed_primary_agent_continues(deployment: Deployment) -
     assert "peer declared dead" in d.primary.log()
     status = d.pair.primary.cmd("query-colo-status")
     assert (status["mode"], status["last-mode"]) == ("none", "primary")
-    assert d.pair.primary.cmd("query-status")["running"]
+    # QEMU restarts the primary (vm_start) once its COLO thread has finished the
+    # failover, which x-colo-lost-heartbeat only requests: wait for it.
+    _until(lambda: d.pair.primary.cmd("query-status")["running"], "the primary running alone",
+           logs=(d.primary,))
     assert 'colo_in_colo{vm="web"} 0.0' in d.metrics()
     assert d.primary.stop() == 0
 
