@@ -46,7 +46,8 @@ log = logging.getLogger("colo_proxy.agent.checkpoint")
 
 
 class Hooks(Protocol):
-    """What the controller needs from the datapath (EpochGate implements it)."""
+    """What the controller needs from the datapath: the seam's ``DatapathControl``
+    (colo_proxy/seam/control.py), bound by the agent's policy (policy.py)."""
 
     def fence(self) -> None: ...
 
