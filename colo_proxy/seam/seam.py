@@ -172,9 +172,11 @@ class Seam:
         self.counters.checkpoints_done += 1
         self._requested_at = None
         released = sum(1 for d in decisions if type(d) is Release)
+        # Not len - released: a wrapper's admitted frames may add a new request.
+        dropped = sum(1 for d in decisions if type(d) is Drop)
         self.handle(decisions)
         self.events.emit("checkpoint-done", released=released,
-                         dropped=len(decisions) - released, policy=self.policy.name,
+                         dropped=dropped, policy=self.policy.name,
                          note=note or self.policy.note)
 
     def tick(self) -> None:

@@ -165,3 +165,27 @@ def test_without_the_gate_resume_flushes_everything_read_before_it() -> None:
     r = asyncio.run(scenario())
     assert r.io.released == ["P-old"]               # the race: S-new was flushed
     assert r.seam.counters.dropped_secondary == {"diverged": 1, "checkpoint": 1}
+
+
+def test_a_divergence_among_parked_frames_is_a_new_request_after_the_flush(
+        tmp_path: Path) -> None:
+    async def scenario() -> Rig:
+        r = Rig(tmp_path)
+        r.enter_colo()
+        r.push(P, udp(b"old-p"), "P-old")
+        r.push(S, udp(b"old-s"), None)
+        r.qemu("STOP")
+        r.push(P, udp(b"new-p", sport=7), "P-new")
+        r.push(S, udp(b"new-s", sport=7), None)     # diverges too, in the new epoch
+        r.qemu("RESUME")
+        await r.ctl.close()
+        return r
+
+    r = asyncio.run(scenario())
+    assert r.io.released == ["P-old"]               # P-new held for its own checkpoint
+    assert r.seam.requesting                        # the flush did not swallow it
+    assert r.ctl.counters.by_reason == {"payload-mismatch": 2}
+    assert r.seam.counters.checkpoints_done == 1
+    assert r.event_names() == ["checkpoint-request", "checkpoint-request", "checkpoint-done"]
+    done = json.loads((tmp_path / "ev.jsonl").read_text().splitlines()[-1])
+    assert (done["released"], done["dropped"]) == (1, 1)  # P-old; S-new (diverged)
