@@ -62,9 +62,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import demo, diff, kmod, run, status
+    from . import agent, config, demo, diff, kmod, run, status
 
-    for module in (diff, kmod, status, run, demo):
+    for module in (diff, kmod, status, run, demo, config, agent):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -49,8 +49,15 @@ def module_missing_advice() -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--netns", metavar="NAME", default=None,
               help="Query the namespace /run/netns/NAME instead of the current one.")
-def status(as_json: bool, netns: str | None) -> None:
+@click.option("--agent", "agent_file", metavar="FILE", default=None,
+              help="Show the agent's figures from its status_file instead (docs/operations.md).")
+def status(as_json: bool, netns: str | None, agent_file: str | None) -> None:
     """Show the kernel module's nodes and their counters (current netns)."""
+    if agent_file is not None:
+        from ..agent.status import show
+
+        click.echo(show(agent_file, as_json))
+        return
     from ..nl import ColoClient
     from ..nl.errors import FamilyMissingError
 

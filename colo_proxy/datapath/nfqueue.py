@@ -177,7 +177,7 @@ class NfqueueDatapath:
     # --- input -----------------------------------------------------------------
     def _consume(self, pvm: _Queue, svm: _Queue) -> None:
         now = self.now_ms()
-        push = self.engine.push
+        push = self.seam.input.push
         handle = self.seam.handle
         if self.svm_in:
             packets, self.svm_in[:] = list(self.svm_in), []

@@ -152,7 +152,8 @@ class QemuSocketDatapath:
     def __init__(self, engine: Engine, settings: QemuSocketSettings,
                  policy: CheckpointPolicy | None = None) -> None:
         """``policy``: a checkpoint policy object (e.g. the QMP agent's) instead of
-        the one the settings name."""
+        the one the settings name; a bindable one is bound by the seam (frames are
+        then pushed through the engine wrapper it installs, ``seam.input``)."""
         self.engine = engine
         self.settings = settings
         vnet = settings.vnet_hdr
@@ -206,7 +207,7 @@ class QemuSocketDatapath:
 
     def _primary_frames(self, payloads: list[bytes], vlens: list[int] | None) -> None:
         now = _monotonic() * 1000.0
-        push = self.engine.push
+        push = self.seam.input.push
         out: list[Decision] = []
         extend = out.extend
         if vlens is None:
@@ -220,7 +221,7 @@ class QemuSocketDatapath:
 
     def _secondary_frames(self, payloads: list[bytes], vlens: list[int] | None) -> None:
         now = _monotonic() * 1000.0
-        push = self.engine.push
+        push = self.seam.input.push
         out: list[Decision] = []
         extend = out.extend
         if vlens is None:
@@ -363,12 +364,15 @@ class QemuSocketDatapath:
             raise ColoError(f"{OPTION_OF[link.name]} {link.endpoint}: cannot listen: "
                             f"{exc.strerror or exc}") from None
 
-    async def run(self) -> None:
-        """Start the links, serve until ``stop()`` (or SIGTERM/SIGINT), then shut down."""
+    async def run(self, handle_signals: bool = True) -> None:
+        """Start the links, serve until ``stop()`` (or SIGTERM/SIGINT), then shut down.
+        ``handle_signals=False``: the host process owns SIGTERM/SIGINT (the agent
+        runs several datapaths in one loop) and calls ``stop()`` itself."""
         loop = asyncio.get_running_loop()
         if not tune_heap():
             log.debug("heap tuning (mallopt) not available")
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
             loop.add_signal_handler(sig, self.stop, sig)
         self.outdev.on_connect = self._flush_backlog
         self.outdev.on_write_pause = self._pause_inputs
@@ -406,7 +410,7 @@ class QemuSocketDatapath:
             self.policy.stop()
             for link in started:
                 await link.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
             self.seam.finish(reason)
 

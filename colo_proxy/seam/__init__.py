@@ -11,6 +11,9 @@ same way for every datapath:
 * ``checkpoint.py``: the ``CheckpointPolicy`` protocol and the built-in
   policies (``flush``, ``cmd``).  The QMP agent (``colo_proxy/agent/``) plugs in
   here as another policy object;
+* ``control.py``: push-style policies (``bind(control)``): the
+  ``DatapathControl`` a policy drives the datapath with (fence, flush, unfence,
+  solo, colo) and the engine-wrapper hook (the agent's epoch gate);
 * ``counters.py``: ``SeamCounters``, the one set of datapath counters (a
   Prometheus exporter serves these);
 * ``latency.py``: the match-to-release latency histogram (fixed buckets);
@@ -21,6 +24,7 @@ docs/datapaths.md ("The seam") documents the protocol and the event schema.
 """
 
 from .checkpoint import CheckpointPolicy, CommandPolicy, FlushPolicy, Outcome
+from .control import BindablePolicy, DatapathControl, EngineInput, EngineWrapper
 from .counters import SeamCounters
 from .events import EventWriter, key_record
 from .latency import LATENCY_BUCKETS_MS, LatencyHistogram
@@ -28,9 +32,13 @@ from .seam import DatapathIO, Seam
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
+    "BindablePolicy",
     "CheckpointPolicy",
     "CommandPolicy",
+    "DatapathControl",
     "DatapathIO",
+    "EngineInput",
+    "EngineWrapper",
     "EventWriter",
     "FlushPolicy",
     "LatencyHistogram",

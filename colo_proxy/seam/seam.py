@@ -11,6 +11,10 @@ A datapath owns its I/O and the engine's input: it pushes frames into the
 * counts everything (``SeamCounters``), records the match-to-release latency
   (``LatencyHistogram``) and writes the event stream (``EventWriter``).
 
+The datapath pushes its frames into ``Seam.input``: the ``Engine``, or the engine
+wrapper a bound policy installed (``control.py``: ``bind(control)``,
+``DatapathControl.wrap_engine``); the seam's own ticks and flushes go the same way.
+
 Exit (``settle``): the datapath first stops reading its inputs, then calls
 ``settle(rule)`` once: every held frame is settled by the rule (``flush``:
 held primaries released, held secondaries discarded, as a checkpoint would do;
@@ -29,6 +33,7 @@ from typing import Any, Protocol
 from ..compare.engine import Engine
 from ..compare.model import CheckpointRequest, Decision, Drop, Release
 from .checkpoint import CheckpointPolicy, Outcome
+from .control import BindablePolicy, DatapathControl, EngineInput
 from .counters import SeamCounters
 from .events import EventWriter, connection_record, request_record
 from .latency import LatencyHistogram
@@ -53,6 +58,9 @@ class Seam:
                  log: Callable[[str], None] | None = None,
                  warn: Callable[[str], None] | None = None) -> None:
         self.engine = engine
+        self.input: EngineInput = engine
+        """Where frames are pushed (by the datapath), ticked and flushed: the engine or
+        the wrapper a bound policy installed."""
         self.policy = policy
         self.io = io
         self.events = events or EventWriter(None)
@@ -68,6 +76,19 @@ class Seam:
         self._requested_at: float | None = None
         """Clock (ms) of the request the policy is working on; None when none is."""
         self._overdue_at = 0.0
+        self.control = DatapathControl(self)
+        if isinstance(policy, BindablePolicy):
+            policy.bind(self.control)
+
+    @property
+    def settled(self) -> bool:
+        """``settle`` ran: nothing is released any more."""
+        return self._settled
+
+    @property
+    def requesting(self) -> bool:
+        """A request was passed to the policy and is not completed yet."""
+        return self._requested_at is not None
 
     # -- decisions ---------------------------------------------------------------
 
@@ -142,21 +163,26 @@ class Seam:
                              retry_s=self.policy.retry_s, policy=self.policy.name,
                              note=outcome.note)
 
-    def checkpoint_done(self, note: str | None = None) -> None:
-        """The checkpoint is complete: flush the engine and route its decisions."""
-        decisions = self.engine.checkpoint_done(self.clock_ms())
+    def checkpoint_done(self, note: str | None = None,
+                        decisions: list[Decision] | None = None) -> None:
+        """The checkpoint is complete: flush the engine (through the wrapper, if any) and
+        route its decisions.  ``decisions``: the flush was already made (``enter_solo``)."""
+        if decisions is None:
+            decisions = self.input.checkpoint_done(self.clock_ms())
         self.counters.checkpoints_done += 1
         self._requested_at = None
         released = sum(1 for d in decisions if type(d) is Release)
+        # Not len - released: a wrapper's admitted frames may add a new request.
+        dropped = sum(1 for d in decisions if type(d) is Drop)
         self.handle(decisions)
         self.events.emit("checkpoint-done", released=released,
-                         dropped=len(decisions) - released, policy=self.policy.name,
+                         dropped=dropped, policy=self.policy.name,
                          note=note or self.policy.note)
 
     def tick(self) -> None:
         """Timer: the engine's timeout check, then the policy, then the overdue check."""
         now = self.clock_ms()
-        self.handle(self.engine.tick(now))
+        self.handle(self.input.tick(now))
         self.poll()
         if self._requested_at is not None and now >= self._overdue_at and not self._settled:
             self._overdue(now)
@@ -183,8 +209,9 @@ class Seam:
     # -- exit --------------------------------------------------------------------
 
     def held(self) -> tuple[int, int]:
-        """(held primary, held secondary) frames right now."""
-        primary = secondary = 0
+        """(held primary, held secondary) frames right now (an engine wrapper's included)."""
+        wrapper = self.control.wrapper
+        primary, secondary = wrapper.held() if wrapper is not None else (0, 0)
         for conn in self.engine.connections():
             primary += conn.held_primary
             secondary += conn.held_secondary
@@ -200,9 +227,17 @@ class Seam:
         held_p, held_s = self.held()
         c = self.counters
         if held_p + held_s:
-            decisions = self.engine.checkpoint_done(self.clock_ms())
+            now = self.clock_ms()
+            decisions = self.input.checkpoint_done(now)
+            if self.input is not self.engine and self.held() != (0, 0):
+                # The wrapper admitted what it held back (fenced frames): settle those too.
+                decisions += self.input.checkpoint_done(now)
             tags = [d.tag for d in decisions if type(d) is Release]
-            c.exit_dropped_secondary += len(decisions) - len(tags)
+            drops = [d for d in decisions if isinstance(d, Drop)]
+            secondary = sum(1 for d in drops if d.side)
+            # Primary drops come only from frames a wrapper admitted (engine limits).
+            dropped = [d.tag for d in drops if not d.side and d.tag is not None]
+            c.exit_dropped_secondary += secondary
             if rule == "flush":
                 c.exit_released += len(tags)
                 c.released_frames += len(tags)
@@ -211,9 +246,11 @@ class Seam:
                         self.latency.add(d.held_ms)
                 c.released_bytes += self.io.release(tags)
             else:
-                c.exit_dropped_primary += len(tags)
-                self.io.drop(tags)
-            return len(tags), len(decisions) - len(tags)
+                dropped, tags = tags + dropped, []
+            if dropped:
+                c.exit_dropped_primary += len(dropped)
+                self.io.drop(dropped)
+            return len(tags) + len(dropped), secondary
         return 0, 0
 
     # -- reports -----------------------------------------------------------------

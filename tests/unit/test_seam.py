@@ -18,6 +18,7 @@ from colo_proxy.compare.model import CheckpointRequest, Config, Side
 from colo_proxy.seam import (
     LATENCY_BUCKETS_MS,
     CommandPolicy,
+    DatapathControl,
     EventWriter,
     FlushPolicy,
     LatencyHistogram,
@@ -241,3 +242,67 @@ def test_a_request_the_policy_does_not_complete_is_reported_overdue(tmp_path: Pa
     clock[0] = 5000.0
     seam.tick()
     assert seam.counters.checkpoints_overdue == 1  # done: nothing outstanding
+
+
+class PushLike:
+    """A push-style policy (BindablePolicy): it drives the datapath through the
+    control it is bound to, and poll() reports nothing."""
+
+    name = "push"
+    note = "RESUME seen"
+    retry_s: float | None = None
+
+    def __init__(self) -> None:
+        self.control: DatapathControl | None = None
+        self.requests: list[CheckpointRequest] = []
+
+    def bind(self, control: DatapathControl) -> None:
+        self.control = control
+
+    def request(self, request: CheckpointRequest) -> None:
+        self.requests.append(request)
+
+    def poll(self) -> Outcome | None:
+        return None
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_bound_policy_flushes_through_the_control(tmp_path: Path) -> None:
+    policy = PushLike()
+    seam, io, engine = make(policy, tmp_path)
+    assert policy.control is seam.control and seam.input is engine  # no wrapper
+    seam.handle(engine.push(Side.PRIMARY, udp(b"pvm"), 0.0, "p1"))
+    seam.handle(engine.push(Side.SECONDARY, udp(b"svm"), 1.0, None))
+    assert len(policy.requests) == 1 and seam.requesting
+    seam.control.fence()                            # nothing to fence without a wrapper
+    seam.control.unfence()
+    assert io.released == []
+    seam.control.flush()
+    assert io.released == ["p1"] and not seam.requesting
+    assert seam.counters.checkpoints_done == 1
+    done = _events(tmp_path / "ev.jsonl")[-1]
+    assert (done["event"], done["policy"], done["note"]) == ("checkpoint-done", "push",
+                                                             "RESUME seen")
+
+
+def test_enter_solo_without_a_wrapper_flushes_only_what_is_held() -> None:
+    policy = PushLike()
+    seam, io, engine = make(policy)
+    seam.control.enter_solo()                       # nothing held, nothing asked
+    assert seam.counters.checkpoints_done == 0
+    seam.handle(engine.push(Side.PRIMARY, udp(b"pvm"), 0.0, "p1"))
+    seam.control.enter_solo()
+    assert io.released == ["p1"] and seam.counters.checkpoints_done == 1
+
+
+def test_control_calls_after_settle_release_nothing() -> None:
+    policy = PushLike()
+    seam, io, engine = make(policy)
+    seam.handle(engine.push(Side.PRIMARY, udp(b"pvm"), 0.0, "p1"))
+    assert seam.settle("drop") == (1, 0)
+    seam.control.flush()
+    seam.control.enter_solo()
+    assert io.released == [] and io.dropped == ["p1"]
+    assert seam.counters.checkpoints_done == 0

@@ -1,0 +1,162 @@
+"""One QMP monitor of one QEMU, for the agent (qemu.qmp, asyncio).
+
+The agent uses a monitor of its own (``-chardev socket,id=qmp-agent,path=...,
+server=on,wait=off -mon chardev=qmp-agent,mode=control``) so that the operator's
+monitor stays free.  :class:`Monitor` adds what the agent needs on top of
+``qemu.qmp.QMPClient``:
+
+* ``connect()`` with a timeout and one clear error per cause (socket missing,
+  refused, no greeting);
+* ``execute()`` with a timeout (a busy primary was measured answering after
+  826 ms; the default timeout is 3 s): a late answer is dropped by qemu.qmp, the
+  command itself may still have run in QEMU, so callers never infer "not done"
+  from a timeout alone;
+* every event handed to ``on_event(name, data)`` with the local monotonic time;
+* ``on_closed(reason)`` called once when the connection ends (QEMU exited or was
+  killed, socket closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("colo_proxy.agent.qmp")
+
+EventHandler = Callable[[str, dict[str, Any], float], None]
+
+
+class QmpError(Exception):
+    """A QMP problem with an operator-facing message."""
+
+
+class QmpUnavailable(QmpError):
+    """Not connected: socket missing, refused, closed."""
+
+
+class QmpTimeout(QmpError):
+    """No answer in time (the command may still run in QEMU)."""
+
+
+class QmpCommandFailed(QmpError):
+    """QEMU answered with an error."""
+
+
+class Monitor:
+    def __init__(self, path: str, name: str = "qmp", *, connect_timeout_s: float = 5.0,
+                 command_timeout_s: float = 3.0) -> None:
+        self.path = path
+        self.name = name
+        self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self.on_event: EventHandler | None = None
+        self.on_closed: Callable[[str], None] | None = None
+        self._client: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.connected = False
+        self._mode_warned = False
+
+    async def connect(self) -> None:
+        """Connect once; raises QmpUnavailable with the cause."""
+        from qemu.qmp import QMPClient
+        from qemu.qmp.protocol import ConnectError
+
+        if not os.path.exists(self.path):
+            raise QmpUnavailable(f"{self.name}: QMP socket {self.path} does not exist "
+                                 "(QEMU not running, or no -mon for the agent)")
+        self._check_mode()
+        client = QMPClient(self.name)
+        try:
+            await asyncio.wait_for(client.connect(self.path), self.connect_timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            raise QmpUnavailable(f"{self.name}: no QMP greeting on {self.path} within "
+                                 f"{self.connect_timeout_s:g} s (monitor busy or in use)"
+                                 ) from None
+        except (ConnectError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            cause = getattr(exc, "exc", exc)
+            raise QmpUnavailable(f"{self.name}: cannot connect to {self.path}: {cause}"
+                                 ) from None
+        self._client = client
+        self.connected = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._events(client)),
+                       loop.create_task(self._watch(client))]
+
+    def _check_mode(self) -> None:
+        """Warn once if any local user may connect to the monitor (a unix socket needs
+        write permission to connect): whoever can is as powerful as the agent."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except OSError:
+            return
+        if mode & 0o002 and not self._mode_warned:
+            self._mode_warned = True
+            log.warning("%s: QMP socket %s is writable by every local user (mode %04o): "
+                        "restrict it (docs/operations.md)", self.name, self.path, mode & 0o7777)
+
+    async def _events(self, client: Any) -> None:
+        async for event in client.events:
+            handler = self.on_event
+            if handler is not None:
+                handler(str(event["event"]), dict(event.get("data") or {}), time.monotonic())
+
+    async def _watch(self, client: Any) -> None:
+        from qemu.qmp.protocol import Runstate
+
+        while client.runstate == Runstate.RUNNING:
+            await client.runstate_changed()
+        self._lost("connection closed (QEMU exited or the socket was closed)")
+
+    def _lost(self, reason: str) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        log.warning("%s: QMP %s", self.name, reason)
+        if self.on_closed is not None:
+            self.on_closed(reason)
+
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None,
+                      timeout_s: float | None = None) -> Any:
+        from qemu.qmp import ExecuteError
+        from qemu.qmp.protocol import StateError
+
+        client = self._client
+        if client is None or not self.connected:
+            raise QmpUnavailable(f"{self.name}: not connected")
+        wait = self.command_timeout_s if timeout_s is None else timeout_s
+        try:
+            return await asyncio.wait_for(client.execute(cmd, args), wait)
+        except TimeoutError:
+            raise QmpTimeout(f"{self.name}: {cmd}: no answer within {wait:g} s") from None
+        except ExecuteError as exc:
+            raise QmpCommandFailed(f"{self.name}: {cmd}: {exc}") from None
+        except (StateError, EOFError, OSError, ConnectionError) as exc:
+            self._lost(f"lost during {cmd}: {type(exc).__name__}")
+            raise QmpUnavailable(f"{self.name}: {cmd}: connection lost") from None
+        except Exception as exc:  # qemu.qmp raises its own types on a broken session
+            if type(exc).__module__.startswith("qemu.qmp"):
+                self._lost(f"lost during {cmd}: {exc}")
+                raise QmpUnavailable(f"{self.name}: {cmd}: {exc}") from None
+            raise
+
+    async def close(self) -> None:
+        self.connected = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.disconnect()
+            self._client = None
