@@ -1,12 +1,16 @@
 """The C compare core (kmod/nfnetlink_colo/cmp*.c, through its userspace engine) decides
 exactly like the Python engine (colo_proxy/compare/): the same releases, drops and
 checkpoint requests, in the same order, and the same counters, for any sequence of
-frames, ticks and checkpoints.  TCP streams are not in the C core yet: frames that
-parse as TCP are left out of the sequences."""
+frames, ticks and checkpoints: FIFO traffic (every frame shape the parser knows) and TCP
+streams (every secondary numbering, cuts, reordering, retransmissions, SYN/FIN/RST,
+divergences, checkpoints, limits and the retired-connection table)."""
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import random
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,6 +22,7 @@ from test_ccore_parse import SEEDS
 from test_compare_parse import udp
 
 from colo_proxy.compare import Config, Engine
+from colo_proxy.compare import engine as engine_module
 from colo_proxy.compare.model import PassthroughRule
 from colo_proxy.compare.parse import TCP, parse
 
@@ -82,8 +87,9 @@ def engines(config: Config, c_config: Config | None = None) -> Iterator[
 
 
 def run(config: Config, steps: list[tuple[str, int, tuple[bytes, int], int]],
-        c_config: Config | None = None) -> None:
+        c_config: Config | None = None, retired: int = 4096) -> None:
     with engines(config, c_config) as (py, c):
+        c.set_retired_max(retired)
         now = 0
         for i, (action, side, (data, vnet), dt) in enumerate(steps):
             now += dt
@@ -99,6 +105,7 @@ def run(config: Config, steps: list[tuple[str, int, tuple[bytes, int], int]],
             assert got == expected, f"step {i}: {action}"
             assert c.counters() == ccore.py_counters(py.stats), f"step {i}: counters"
             assert c.checkpoint_pending == py.checkpoint_pending
+            assert c.retired_now == py.retired_now, f"step {i}: retired"
 
 
 @SETTINGS
@@ -129,3 +136,157 @@ def test_the_differential_can_fail() -> None:
     run(Config(compare_timeout_ms=1000), steps)
     with pytest.raises(AssertionError, match="step 1: tick"):
         run(Config(compare_timeout_ms=10), steps, c_config=Config(compare_timeout_ms=1000))
+
+
+# -- TCP ---------------------------------------------------------------------------------
+
+MAC_C, MAC_G = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+GUEST, CLIENT = bytes([192, 168, 7, 2]), bytes([192, 168, 7, 9])
+TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}
+M32 = 0xFFFFFFFF
+
+
+def seg(seq: int, flags: str = "PA", data: bytes = b"", ack: int = 1, *, sport: int = 80,
+        dport: int = 5555, rev: bool = False, vlan: int | None = None) -> bytes:
+    """A TCP/IPv4 frame built by hand (scapy is too slow for thousands of examples);
+    ``rev`` swaps addresses and ports (the connection's other direction)."""
+    src, dst = (CLIENT, GUEST) if rev else (GUEST, CLIENT)
+    if rev:
+        sport, dport = dport, sport
+    bits = sum(TCP_FLAGS[c] for c in flags)
+    tcph = struct.pack("!HHIIBBHHH", sport, dport, seq & M32, ack & M32, 5 << 4, bits,
+                       65535, 0, 0)
+    iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(data), 0, 0, 64, 6, 0, src, dst)
+    tag = b"" if vlan is None else struct.pack("!HH", 0x8100, vlan)
+    return MAC_C + MAC_G + tag + b"\x08\x00" + iph + tcph + data
+
+
+Step = tuple[str, int, tuple[bytes, int], int]
+
+
+def _cut(rng: random.Random, n: int) -> list[tuple[int, int]]:
+    points = sorted({rng.randrange(1, n) for _ in range(rng.randrange(0, 6))}) if n > 1 else []
+    bounds = [0, *points, n]
+    return list(itertools.pairwise(bounds))
+
+
+def flow_frames(rng: random.Random, sport: int, rev: bool, vlan: int | None) -> list[
+        tuple[int, bytes]]:
+    """One direction of a connection as both sides send it, in arrival order: every
+    secondary numbering (native, rewritten, translated), with or without the SYN, cut
+    differently on each side, reordered, retransmitted, diverging or not, with FIN or
+    RST, ISNs anywhere (also wrapping inside the data)."""
+    n = rng.choice([0, 1, 5, 17, 40, 120, 300])
+    kind = rng.choice(["counter", "random", "zeros"])
+    if kind == "counter":
+        data = b"".join((i + sport).to_bytes(2, "big") for i in range(n // 2 + 1))[:n]
+    elif kind == "random":
+        data = bytes(rng.randrange(256) for _ in range(n))
+    else:
+        data = bytes(n)
+    pisn = rng.choice([rng.randrange(1 << 32), (1 << 32) - rng.randrange(1, n + 8)])
+    numbering = rng.choice(["native", "rewritten", "translated"])
+    sisn = pisn if numbering == "translated" else rng.choice(
+        [rng.randrange(1 << 32), (pisn + rng.randrange(1, 3 * n + 40)) & M32,
+         (1 << 32) - rng.randrange(1, n + 8)])
+    syn = rng.choice(["SA", "S", ""])
+    start = 0 if syn else rng.choice([0, 0, rng.randrange(1, 1 << 20)])
+    end_flag = rng.choice(["", "", "F", "R"])
+    sdata = bytearray(data)
+    s_end = end_flag
+    syn_s = syn
+    r = rng.random()
+    if r < 0.15 and sdata:
+        sdata[rng.randrange(len(sdata))] ^= 1 + rng.randrange(255)
+    elif r < 0.2:
+        sdata = sdata[:rng.randrange(len(sdata) + 1)] if sdata else bytearray(b"x")
+    elif r < 0.25:
+        s_end = rng.choice(["", "F", "R"])
+    elif r < 0.28 and syn:
+        syn_s = "S" if syn == "SA" else "SA"
+    acks = [rng.randrange(3) for _ in range(4)]
+    kw = {"sport": sport, "rev": rev, "vlan": vlan}
+
+    def side(isn: int, data_isn: int, stream: bytes, *, fin: str, synf: str,
+             s: int) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        base = 70_000 if not rev else 3_000_000_000
+        if synf:
+            out.append((s, seg(isn, synf, b"", base + acks[0], **kw)))
+        cuts = _cut(rng, len(stream))
+        for i, (a, b) in enumerate(cuts):
+            fl = "PA"
+            if fin and i == len(cuts) - 1:
+                fl = fin + "A"
+            out.append((s, seg(data_isn + 1 + start + a, fl, bytes(stream[a:b]),
+                               base + rng.choice(acks), **kw)))
+        if fin and not cuts:
+            out.append((s, seg(data_isn + 1 + start, fin + "A", b"", base + acks[1], **kw)))
+        if rng.random() < 0.4:
+            out.append((s, seg(data_isn + 1 + start + len(stream), "A", b"",
+                               base + rng.choice(acks) + 1, **kw)))
+        for _ in range(rng.randrange(3)):
+            if out:  # retransmissions
+                out.insert(rng.randrange(len(out) + 1), out[rng.randrange(len(out))])
+        return out
+
+    prim = side(pisn, pisn, data, fin=end_flag, synf=syn, s=0)
+    s_data_isn = sisn if numbering == "native" else pisn
+    sec = side(sisn, s_data_isn, bytes(sdata), fin=s_end, synf=syn_s, s=1)
+    if rng.random() < 0.4 and len(sec) > 1:  # reordering
+        if rng.random() < 0.5:
+            i = rng.randrange(len(sec) - 1)
+            sec[i], sec[i + 1] = sec[i + 1], sec[i]
+        else:
+            rng.shuffle(sec)
+    merged: list[tuple[int, bytes]] = []
+    while prim or sec:
+        src = prim if (prim and (not sec or rng.random() < 0.5)) else sec
+        merged.append(src.pop(0))
+    return merged
+
+
+@st.composite
+def tcp_scenarios(draw: st.DrawFn) -> tuple[Config, list[Step]]:
+    rng = draw(st.randoms(use_true_random=False))
+    flows = [flow_frames(rng, rng.choice([80, 81]), rng.random() < 0.3,
+                         rng.choice([None, None, 5])) for _ in range(rng.randrange(1, 4))]
+    steps: list[Step] = []
+    while any(flows):
+        flow = rng.choice([f for f in flows if f])
+        side, data = flow.pop(0)
+        steps.append(("push", side, (data, 0), rng.randrange(4)))
+        r = rng.random()
+        if r < 0.06:
+            steps.append(("checkpoint", 0, (b"", 0), rng.randrange(3)))
+        elif r < 0.1:
+            steps.append(("tick", 0, (b"", 0), rng.randrange(60)))
+        elif r < 0.13:
+            steps.append(("push", rng.randrange(2), (rng.choice(FIFO_SEEDS), 0), 1))
+    steps.append(("tick", 0, (b"", 0), 100))
+    steps.append(("checkpoint", 0, (b"", 0), 1))
+    config = Config(compare_timeout_ms=draw(st.integers(5, 200)),
+                    max_queue_per_conn=draw(st.sampled_from([2, 4, 16, 64])),
+                    max_held_bytes=draw(st.sampled_from([300, 2000, 100_000])),
+                    max_connections=draw(st.sampled_from([1, 2, 8])),
+                    passthrough=tuple(draw(st.lists(st.sampled_from(
+                        [*RULES, PassthroughRule(port=81)]), max_size=1))))
+    return config, steps
+
+
+@contextmanager
+def retired_max(n: int) -> Iterator[None]:
+    old = engine_module.RETIRED_MAX
+    engine_module.RETIRED_MAX = n
+    try:
+        yield
+    finally:
+        engine_module.RETIRED_MAX = old
+
+
+@SETTINGS
+@given(tcp_scenarios(), st.sampled_from([4096, 1, 2]))
+def test_tcp_same_decisions_as_the_python_engine(case: tuple[Config, list[Step]],
+                                                  rmax: int) -> None:
+    with retired_max(rmax):
+        run(*case, retired=rmax)
