@@ -30,6 +30,9 @@ FIFO_SEEDS = [f for f in SEEDS if parse(f, 0)[0] != TCP] + [
     udp(b"a" * 30, sport=1000 + i, dport=53) for i in range(4)] + [
     udp(b"v6 flow", v6=True, sport=7), udp(b"tagged", vlan=9), b"", b"\x00" * 9]
 
+ALL_SEEDS = FIFO_SEEDS + [f for f in SEEDS if parse(f, 0)[0] == TCP]
+"""Also TCP of every shape the parser knows (IPv6, options, tags), mangled by ``frame``."""
+
 SETTINGS = settings(max_examples=400, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -61,15 +64,12 @@ def frame(draw: st.DrawFn, pool: list[bytes]) -> tuple[bytes, int]:
         i = draw(st.integers(lo, len(data) - 1))
         data[i] ^= draw(st.integers(1, 255))
     vnet = draw(st.sampled_from([0, 0, 0, 12]))
-    raw = bytes(vnet) + bytes(data)
-    if parse(raw, vnet)[0] == TCP:
-        return b"", 0
-    return raw, vnet
+    return bytes(vnet) + bytes(data), vnet
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[Config, list[tuple[str, int, tuple[bytes, int], int]]]:
-    pool = draw(st.lists(st.sampled_from(FIFO_SEEDS), min_size=1, max_size=5))
+    pool = draw(st.lists(st.sampled_from(ALL_SEEDS), min_size=1, max_size=5))
     steps = draw(st.lists(st.tuples(
         st.sampled_from(["push"] * 6 + ["tick", "checkpoint"]),
         st.integers(0, 1), frame(pool), st.integers(0, 40)), max_size=60))
@@ -290,3 +290,23 @@ def test_tcp_same_decisions_as_the_python_engine(case: tuple[Config, list[Step]]
                                                   rmax: int) -> None:
     with retired_max(rmax):
         run(*case, retired=rmax)
+
+
+def test_tcp_allocation_failure() -> None:
+    """The defined outcome of a failed allocation for pending bytes: a memory-limit
+    checkpoint request, the connection treated as diverged (the primary frame held, the
+    secondary's dropped), everything released by checkpoint_done, then normal again."""
+    c = ccore.CEngine(Config())
+    try:
+        c.fail_alloc(0)
+        out = c.push(0, seg(1000, data=b"hello"), 1, 1)
+        assert [d[0] for d in out] == ["request"] and out[0][1] == "memory-limit"
+        assert out[0][4] is None
+        assert c.push(1, seg(1000, data=b"hello"), 2, 2)[0][-1] == "diverged"
+        assert c.checkpoint_done(3) == [("release", 1, out[0][2], 2.0)]
+        assert c.counters()["held_frames_now"] == 0
+        assert c.push(0, seg(1005, data=b"again"), 4, 3) == []
+        got = c.push(1, seg(1005, data=b"again"), 5, 4)
+        assert [d[0] for d in got] == ["drop", "release"]
+    finally:
+        c.close()
