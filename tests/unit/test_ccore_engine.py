@@ -176,18 +176,20 @@ def flow_frames(rng: random.Random, sport: int, rev: bool, vlan: int | None) -> 
     secondary numbering (native, rewritten, translated), with or without the SYN, cut
     differently on each side, reordered, retransmitted, diverging or not, with FIN or
     RST, ISNs anywhere (also wrapping inside the data)."""
-    n = rng.choice([0, 1, 5, 17, 40, 120, 300])
-    kind = rng.choice(["counter", "random", "zeros"])
+    n = rng.choice([0, 1, 5, 17, 40, 64, 120, 300])
+    kind = rng.choice(["counter", "random", "periodic"])
+    pattern = rng.choice([b"\0", b"ab", b"abc", b"wxyz"])
     if kind == "counter":
         data = b"".join((i + sport).to_bytes(2, "big") for i in range(n // 2 + 1))[:n]
     elif kind == "random":
         data = bytes(rng.randrange(256) for _ in range(n))
-    else:
-        data = bytes(n)
+    else:  # agrees with itself under some shifts: the numbering choice by content
+        data = (pattern * (n // len(pattern) + 1))[:n]
     pisn = rng.choice([rng.randrange(1 << 32), (1 << 32) - rng.randrange(1, n + 8)])
     numbering = rng.choice(["native", "rewritten", "translated"])
     sisn = pisn if numbering == "translated" else rng.choice(
         [rng.randrange(1 << 32), (pisn + rng.randrange(1, 3 * n + 40)) & M32,
+         (pisn + rng.choice([-1, 1]) * len(pattern) * rng.randrange(1, 9)) & M32,
          (1 << 32) - rng.randrange(1, n + 8)])
     syn = rng.choice(["SA", "S", ""])
     start = 0 if syn else rng.choice([0, 0, rng.randrange(1, 1 << 20)])
@@ -251,6 +253,9 @@ def tcp_scenarios(draw: st.DrawFn) -> tuple[Config, list[Step]]:
     rng = draw(st.randoms(use_true_random=False))
     flows = [flow_frames(rng, rng.choice([80, 81]), rng.random() < 0.3,
                          rng.choice([None, None, 5])) for _ in range(rng.randrange(1, 4))]
+    if rng.random() < 0.3:  # both directions of one connection (retirement waits)
+        flows.append(flow_frames(rng, 80, False, None))
+        flows.append(flow_frames(rng, 80, True, None))
     steps: list[Step] = []
     while any(flows):
         flow = rng.choice([f for f in flows if f])
