@@ -270,9 +270,10 @@ struct colo_cmp_tcp {
 	s64 p_rst_end, s_rst_end;
 	s64 s_isn;			/* -1: none */
 	s64 s_guess_seq;		/* with s_guess: the SYN anchor (s_guess_seq, -1) */
+	s64 s_old_seq, s_old_off;	/* with s_old: its numbering before a checkpoint */
 	struct colo_cmp_stream p, s;
 	u8 p_syn, s_syn;
-	bool syn_ok, fin_ok, p_rst, s_rst, s_reanchor, s_guess, s_unordered;
+	bool syn_ok, fin_ok, p_rst, s_rst, s_reanchor, s_guess, s_unordered, s_old;
 };
 
 struct colo_cmp_conn {		/* conn.py Conn + datagram.py FifoConn */

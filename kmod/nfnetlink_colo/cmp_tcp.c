@@ -235,6 +235,21 @@ void colo_cmp_tcp_rebase(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 		fresh(core, conn);
 		return;
 	}
+	/* The secondary's numbering so far, if it is not the primary's: a secondary that
+	 * was not restored goes on in it.
+	 */
+	t->s_old = false;
+	if (t->s_guess) {
+		t->s_old = true;
+		t->s_old_seq = t->s_guess_seq;
+		t->s_old_off = -1;
+	} else if (t->s_aseq >= 0) {
+		t->s_old = true;
+		t->s_old_seq = t->s_aseq;
+		t->s_old_off = t->s_aoff;
+	}
+	if (t->s_old && t->p_aoff + sdiff(t->s_old_seq, t->p_aseq) == t->s_old_off)
+		t->s_old = false;
 	p_end = t->v + t->p.len;
 	t->v = max64(t->p_next, p_end);
 	t->p_next = t->s_next = t->v;
@@ -531,8 +546,8 @@ static struct anchor choose(const struct colo_cmp_tcp *t, u32 seq, const u8 *pay
 {
 	s64 v = t->v, top = v + other->len, off, end, same, here_same;
 	s64 strong_same = 0, best_dist = 0, dist;
-	bool strong_at_v = false, best_not_v = false, at_v;
-	int strong = -1, best = -1, near = -1, i;
+	bool strong_at_v = false, best_not_v = false, at_v, here_agrees = false;
+	int strong = -1, best = -1, near = -1, here_v = -1, i;
 
 	if (other_next > top)
 		top = other_next;
@@ -544,9 +559,13 @@ static struct anchor choose(const struct colo_cmp_tcp *t, u32 seq, const u8 *pay
 		if (near < 0)
 			near = i;
 		same = agreement(t, payload, n, off, other);
+		at_v = off == v;
+		if (at_v && here_v < 0) {
+			here_v = i;
+			here_agrees = same >= 0;
+		}
 		if (same < 0)
 			continue;
-		at_v = off == v;
 		if (same >= EVIDENCE) {
 			if (strong < 0 || at_v > strong_at_v ||
 			    (at_v == strong_at_v && same > strong_same)) {
@@ -562,6 +581,9 @@ static struct anchor choose(const struct colo_cmp_tcp *t, u32 seq, const u8 *pay
 			best_not_v = !at_v;
 		}
 	}
+	/* 0. a candidate that puts the segment exactly at v */
+	if (here_v >= 0 && (here_agrees || strong < 0))
+		return shared[here_v];
 	if (strong >= 0)
 		return shared[strong];
 	here_same = here ? agreement(t, payload, n, v, other) : -1;
@@ -595,15 +617,22 @@ static void secondary_numbering(struct colo_cmp_core *core, struct colo_cmp_conn
 {
 	struct colo_cmp_tcp *t = &conn->tcp;
 	struct anchor c[2], here, a;
+	int nc;
 
 	if (t->s_reanchor) {
 		t->s_reanchor = false;
 		if (flags & SYN) {
 			secondary_syn(t, seq);
 		} else {
+			/* its own numbering from before counts only where it puts the
+			 * segment at or beyond the new common point
+			 */
 			c[0] = (struct anchor){ t->p_aseq, t->p_aoff };
+			nc = 1;
+			if (t->s_old && t->s_old_off + sdiff(seq, t->s_old_seq) >= t->v)
+				c[nc++] = (struct anchor){ t->s_old_seq, t->s_old_off };
 			here = (struct anchor){ seq, t->v };
-			a = choose(t, seq, payload, n, c, 1, &here, &t->p, t->p_next,
+			a = choose(t, seq, payload, n, c, nc, &here, &t->p, t->p_next,
 				   REANCHOR_WINDOW);
 			t->s_aseq = a.seq;
 			t->s_aoff = a.off;
