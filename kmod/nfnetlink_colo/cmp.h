@@ -246,16 +246,21 @@ struct colo_cmp_seg {
 	u8 data[];
 };
 
-/*
- * One side's bytes beyond the verified offset (tcp.py p_pend/s_pend): a copy,
- * data[start..start+len), allocated through core->alloc and freed as soon as it is
- * empty, so an idle connection holds no buffer.
- */
-struct colo_cmp_stream {
-	u8 *buf;
+/* A pending-bytes buffer: data[start..start+len) of cap bytes. */
+struct colo_cmp_pbuf {
 	u32 start;
 	u32 len;
 	u32 cap;
+	u8 data[];
+};
+
+/*
+ * One side's bytes beyond the verified offset (tcp.py p_pend/s_pend): a copy in one
+ * buffer allocated through core->alloc and freed as soon as it is empty (an idle
+ * connection holds none), and the out-of-order segments.
+ */
+struct colo_cmp_stream {
+	struct colo_cmp_pbuf *b;
 	struct colo_cmp_seg *ooo;
 };
 
@@ -285,8 +290,8 @@ struct colo_cmp_conn {		/* conn.py Conn + datagram.py FifoConn */
 	bool closed;
 	bool queue_flag;
 	bool has_first_div;
-	s64 held_p;
-	s64 held_s;
+	s32 held_p;
+	s32 held_s;
 	u64 frames_matched;
 	u64 bytes_matched;
 	u64 requests;

@@ -67,59 +67,66 @@ static struct colo_cmp_held *q_pop(struct colo_cmp_queue *q)
 
 /* ---- pending streams ------------------------------------------------------------ */
 
+static inline u32 plen(const struct colo_cmp_stream *st)
+{
+	return st->b ? st->b->len : 0;
+}
+
 static inline const u8 *pdata(const struct colo_cmp_stream *st)
 {
-	return st->buf + st->start;
+	return st->b ? st->b->data + st->b->start : NULL;
 }
 
 static void pend_clear(struct colo_cmp_core *core, struct colo_cmp_stream *st)
 {
-	if (st->buf)
-		core->free(core, st->buf);
-	st->buf = NULL;
-	st->start = st->len = st->cap = 0;
+	if (st->b)
+		core->free(core, st->b);
+	st->b = NULL;
 }
 
 /* Append n bytes; false when the buffer cannot grow (nothing changed then). */
 static bool pend_append(struct colo_cmp_core *core, struct colo_cmp_stream *st,
 			const u8 *data, u32 n)
 {
-	u8 *grown;
-	u32 cap;
+	struct colo_cmp_pbuf *b = st->b, *grown;
+	u32 len = plen(st), cap;
 
 	if (!n)
 		return true;
-	if (n > PEND_MAX || st->len > PEND_MAX - n)
+	if (n > PEND_MAX || len > PEND_MAX - n)
 		return false;
-	if (st->start + st->len + n > st->cap) {
-		if (st->len + n <= st->cap) {
-			memmove(st->buf, st->buf + st->start, st->len);
+	if (!b || b->start + len + n > b->cap) {
+		if (b && len + n <= b->cap) {
+			memmove(b->data, b->data + b->start, len);
 		} else {
-			cap = st->cap ? st->cap : 256;
-			while (cap < st->len + n)
+			cap = b ? b->cap : 256;
+			while (cap < len + n)
 				cap = cap > PEND_MAX / 2 ? PEND_MAX : 2 * cap;
-			grown = core->alloc(core, cap);
+			grown = core->alloc(core, sizeof(*grown) + cap);
 			if (!grown)
 				return false;
-			if (st->len)
-				memcpy(grown, st->buf + st->start, st->len);
-			if (st->buf)
-				core->free(core, st->buf);
-			st->buf = grown;
-			st->cap = cap;
+			grown->cap = cap;
+			grown->len = len;
+			if (len)
+				memcpy(grown->data, b->data + b->start, len);
+			if (b)
+				core->free(core, b);
+			st->b = b = grown;
 		}
-		st->start = 0;
+		b->start = 0;
 	}
-	memcpy(st->buf + st->start + st->len, data, n);
-	st->len += n;
+	memcpy(b->data + b->start + len, data, n);
+	b->len += n;
 	return true;
 }
 
 static void pend_consume(struct colo_cmp_core *core, struct colo_cmp_stream *st, u32 n)
 {
-	st->start += n;
-	st->len -= n;
-	if (!st->len)
+	if (!n)
+		return;
+	st->b->start += n;
+	st->b->len -= n;
+	if (!st->b->len)
 		pend_clear(core, st);
 }
 
@@ -162,7 +169,7 @@ static bool ooo_put(struct colo_cmp_core *core, struct colo_cmp_stream *st, s64 
 /* tcp.py _merge: append out-of-order segments that now touch the contiguous data. */
 static bool merge(struct colo_cmp_core *core, s64 v, struct colo_cmp_stream *st)
 {
-	s64 end = v + st->len, stop;
+	s64 end = v + plen(st), stop;
 	struct colo_cmp_seg *g;
 	bool ok = true;
 
@@ -250,7 +257,7 @@ void colo_cmp_tcp_rebase(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 	}
 	if (t->s_old && t->p_aoff + sdiff(t->s_old_seq, t->p_aseq) == t->s_old_off)
 		t->s_old = false;
-	p_end = t->v + t->p.len;
+	p_end = t->v + plen(&t->p);
 	t->v = max64(t->p_next, p_end);
 	t->p_next = t->s_next = t->v;
 	pend_clear(core, &t->p);
@@ -359,10 +366,10 @@ static void bytes_at(const struct colo_cmp_tcp *t, const struct colo_cmp_stream 
 
 	*b = pdata(st);
 	*len = 0;
-	if (i < 0 || i >= st->len)
+	if (i < 0 || i >= plen(st))
 		return;
 	*b += i;
-	*len = min_t(u32, st->len - (u32)i, COLO_CMP_DIV_BYTES);
+	*len = min_t(u32, plen(st) - (u32)i, COLO_CMP_DIV_BYTES);
 }
 
 /* ---- comparison ---------------------------------------------------------------------- */
@@ -404,15 +411,15 @@ static void check_fin(struct colo_cmp_core *core, struct colo_cmp_conn *conn, s6
 static bool compare(struct colo_cmp_core *core, struct colo_cmp_conn *conn, s64 now)
 {
 	struct colo_cmp_tcp *t = &conn->tcp;
-	u32 n = min_t(u32, t->p.len, t->s.len), i;
+	u32 n = min_t(u32, plen(&t->p), plen(&t->s)), i;
 	const u8 *p = pdata(&t->p), *s = pdata(&t->s);
 
 	if (memcmp(p, s, n)) {
 		for (i = 0; p[i] == s[i]; i++)
 			;
 		diverge(core, conn, COLO_CMP_PAYLOAD_MISMATCH, t->v + i, p + i,
-			min_t(u32, t->p.len - i, COLO_CMP_DIV_BYTES), s + i,
-			min_t(u32, t->s.len - i, COLO_CMP_DIV_BYTES), now);
+			min_t(u32, plen(&t->p) - i, COLO_CMP_DIV_BYTES), s + i,
+			min_t(u32, plen(&t->s) - i, COLO_CMP_DIV_BYTES), now);
 		return false;
 	}
 	pend_consume(core, &t->p, n);
@@ -508,7 +515,7 @@ static s64 agreement(const struct colo_cmp_tcp *t, const u8 *payload, u32 n, s64
 	const struct colo_cmp_seg *g;
 
 	lo = off > v ? off : v;
-	hi = v + other->len;
+	hi = v + plen(other);
 	if (end < hi)
 		hi = end;
 	if (lo < hi) {
@@ -544,7 +551,7 @@ static struct anchor choose(const struct colo_cmp_tcp *t, u32 seq, const u8 *pay
 			    const struct anchor *here, const struct colo_cmp_stream *other,
 			    s64 other_next, s64 behind)
 {
-	s64 v = t->v, top = v + other->len, off, end, same, here_same;
+	s64 v = t->v, top = v + plen(other), off, end, same, here_same;
 	s64 strong_same = 0, best_dist = 0, dist;
 	bool strong_at_v = false, best_not_v = false, at_v, here_agrees = false;
 	int strong = -1, best = -1, near = -1, here_v = -1, i;
@@ -763,7 +770,7 @@ static bool primary_slow(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 		if (end > t->p_next)
 			t->p_next = end;
 		if (!conn->diverged) {
-			p_end = t->v + t->p.len;
+			p_end = t->v + plen(&t->p);
 			if (end > p_end) {
 				if (t->s_fin != COLO_CMP_NONE && end > t->s_fin) {
 					tail_of(payload, n, t->s_fin, off, &b, &bl);
@@ -782,7 +789,7 @@ static bool primary_slow(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 						t->p_aoff = end;
 						if (t->p.ooo && !merge(core, t->v, &t->p))
 							nomem(core, conn, now);
-						else if (t->s.len)
+						else if (plen(&t->s))
 							changed = compare(core, conn, now) || changed;
 					}
 				} else if (!ooo_put(core, &t->p, off, payload, n)) {
@@ -820,8 +827,8 @@ static bool primary(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 	if ((s64)seq == t->p_aseq && n && !(flags & CTL) && !conn->diverged &&
 	    t->s_fin == COLO_CMP_NONE && !t->s_rst) {
 		off = t->p_aoff;
-		if (off == t->v + t->p.len && !t->p.ooo &&
-		    (!t->s.len || (t->s.len >= n && !memcmp(pdata(&t->s), pkt->payload, n)))) {
+		if (off == t->v + plen(&t->p) && !t->p.ooo &&
+		    (!plen(&t->s) || (plen(&t->s) >= n && !memcmp(pdata(&t->s), pkt->payload, n)))) {
 			end = off + n;
 			ack = pkt->ack;
 			if (flags & ACK) {
@@ -835,7 +842,7 @@ static bool primary(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 				t->p_next = end;
 			t->p_aseq = (u32)(seq + n);
 			t->p_aoff = end;
-			if (!t->s.len) {
+			if (!plen(&t->s)) {
 				if (!pend_append(core, &t->p, pkt->payload, n))
 					nomem(core, conn, now);
 				hold(core, conn, h, end, ack, flags, now);
@@ -930,7 +937,7 @@ static bool secondary_slow(struct colo_cmp_core *core, struct colo_cmp_conn *con
 	if (n && !conn->diverged) {
 		if (end > t->s_next)
 			t->s_next = end;
-		s_end = t->v + t->s.len;
+		s_end = t->v + plen(&t->s);
 		if (end > s_end) {
 			isnew = true;
 			if (t->p_fin != COLO_CMP_NONE && end > t->p_fin) {
@@ -950,7 +957,7 @@ static bool secondary_slow(struct colo_cmp_core *core, struct colo_cmp_conn *con
 					t->s_aoff = end;
 					if (t->s.ooo && !merge(core, t->v, &t->s))
 						nomem(core, conn, now);
-					else if (t->p.len)
+					else if (plen(&t->p))
 						changed = compare(core, conn, now) || changed;
 				}
 			} else {
@@ -997,10 +1004,10 @@ static bool secondary(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 		colo_cmp_drop(core, 1, h->tag, conn, COLO_CMP_DIVERGED);
 		return false;
 	}
-	if ((s64)seq == t->s_aseq && n && !(flags & CTL) && !t->s_reanchor && !t->s.len &&
+	if ((s64)seq == t->s_aseq && n && !(flags & CTL) && !t->s_reanchor && !plen(&t->s) &&
 	    !t->s.ooo && t->p_fin == COLO_CMP_NONE && !t->p_rst) {
 		off = t->s_aoff;
-		if (off == t->v && t->p.len >= n && !memcmp(pdata(&t->p), pkt->payload, n)) {
+		if (off == t->v && plen(&t->p) >= n && !memcmp(pdata(&t->p), pkt->payload, n)) {
 			end = off + n;
 			pend_consume(core, &t->p, n);
 			t->v = end;
