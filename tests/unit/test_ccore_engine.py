@@ -142,23 +142,30 @@ def test_the_differential_can_fail() -> None:
 
 MAC_C, MAC_G = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 GUEST, CLIENT = bytes([192, 168, 7, 2]), bytes([192, 168, 7, 9])
+GUEST6, CLIENT6 = bytes.fromhex("fd00" + "00" * 13 + "02"), bytes.fromhex("fd00" + "00" * 13 + "09")
 TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}
 M32 = 0xFFFFFFFF
 
 
 def seg(seq: int, flags: str = "PA", data: bytes = b"", ack: int = 1, *, sport: int = 80,
-        dport: int = 5555, rev: bool = False, vlan: int | None = None) -> bytes:
-    """A TCP/IPv4 frame built by hand (scapy is too slow for thousands of examples);
-    ``rev`` swaps addresses and ports (the connection's other direction)."""
-    src, dst = (CLIENT, GUEST) if rev else (GUEST, CLIENT)
+        dport: int = 5555, rev: bool = False, vlan: int | None = None,
+        v6: bool = False) -> bytes:
+    """A TCP/IPv4 or IPv6 frame built by hand (scapy is too slow for thousands of
+    examples); ``rev`` swaps addresses and ports (the connection's other direction)."""
+    g, c = (GUEST6, CLIENT6) if v6 else (GUEST, CLIENT)
+    src, dst = (c, g) if rev else (g, c)
     if rev:
         sport, dport = dport, sport
     bits = sum(TCP_FLAGS[c] for c in flags)
     tcph = struct.pack("!HHIIBBHHH", sport, dport, seq & M32, ack & M32, 5 << 4, bits,
                        65535, 0, 0)
-    iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(data), 0, 0, 64, 6, 0, src, dst)
+    if v6:
+        iph = struct.pack("!IHBB16s16s", 6 << 28, 20 + len(data), 6, 64, src, dst)
+    else:
+        iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(data), 0, 0, 64, 6, 0, src, dst)
     tag = b"" if vlan is None else struct.pack("!HH", 0x8100, vlan)
-    return MAC_C + MAC_G + tag + b"\x08\x00" + iph + tcph + data
+    ethertype = b"\x86\xdd" if v6 else b"\x08\x00"
+    return MAC_C + MAC_G + tag + ethertype + iph + tcph + data
 
 
 Step = tuple[str, int, tuple[bytes, int], int]
@@ -207,7 +214,7 @@ def flow_frames(rng: random.Random, sport: int, rev: bool, vlan: int | None) -> 
     elif r < 0.28 and syn:
         syn_s = "S" if syn == "SA" else "SA"
     acks = [rng.randrange(3) for _ in range(4)]
-    kw = {"sport": sport, "rev": rev, "vlan": vlan}
+    kw = {"sport": sport, "rev": rev, "vlan": vlan, "v6": rng.random() < 0.15}
 
     def side(isn: int, data_isn: int, stream: bytes, *, fin: str, synf: str,
              s: int) -> list[tuple[int, bytes]]:
