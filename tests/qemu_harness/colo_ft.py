@@ -58,10 +58,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -140,7 +142,9 @@ class GuestlessColo:
         self.primary: QemuProcess | None = None
         self.secondary: QemuProcess | None = None
         self.proxy: subprocess.Popen[bytes] | None = None
-        self.proxy_log = Path(f"/tmp/{prefix}-colo-proxy.log")
+        self._dir = Path(tempfile.mkdtemp(prefix=f"colo-ft-{prefix}-"))
+        self.proxy_log = self._dir / "colo-proxy.log"
+        """colo-proxy's output; removed by ``stop`` (read it with ``proxy_output`` first)."""
         self.services: list[subprocess.Popen[bytes]] = []
         self.checkpoints = 0
         """DO_CHECKPOINT messages received on notify_dev."""
@@ -393,6 +397,7 @@ class GuestlessColo:
         for name in reversed(self._made_ns):
             netns.remove(name)
         self._made_ns.clear()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> GuestlessColo:
         return self.start()
