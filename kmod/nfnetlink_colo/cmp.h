@@ -10,15 +10,18 @@
  *                 checkpoint requests with de-duplication, soft limits, the timeout
  *                 check on the arrival queue
  *   cmp_fifo.c    per-connection FIFO pairing (UDP, ICMP, other IP, fragments, non-IP)
+ *   cmp_tcp.c     per-connection TCP stream comparison by stream offset (tcp.py)
  *   cmp_engine_user.c  a whole engine for userspace (connection table with LRU
  *                 eviction, hard limits, passthrough, checkpoint_done): the differential
  *                 tests and, later, a Python extension.  The kernel datapath keeps its
  *                 own table (rhashtable, per-bucket locks, a timer) around the same
  *                 per-connection code.
  *
- * Nothing here allocates in the per-connection code, takes locks or reads clocks:
- * time is an argument (microseconds), and every held frame is owned by the caller
- * (an skb in the kernel, a malloc'd copy in userspace) until a decision names it.
+ * The per-connection code allocates only through core->alloc/core->free (the TCP
+ * streams' pending bytes and out-of-order segments), takes no lock and reads no
+ * clock: time is an argument (microseconds), and every held frame is owned by the
+ * caller (an skb in the kernel, a malloc'd copy in userspace) until a decision
+ * names it.
  */
 #ifndef _COLO_CMP_H
 #define _COLO_CMP_H
@@ -217,6 +220,12 @@ struct colo_cmp_held {
 	u8 head[COLO_CMP_HEAD_MAX];
 	const u8 *body;
 	u32 body_len;
+	/* TCP (conn.py Held): stream offset after its bytes (COLO_CMP_NO_DATA without),
+	 * its ack (-1 without ACK), its flags.
+	 */
+	u8 flags;
+	s64 end;
+	s64 ack;
 };
 
 struct colo_cmp_queue {
@@ -225,6 +234,52 @@ struct colo_cmp_queue {
 };
 
 enum colo_cmp_conn_kind { COLO_CMP_CONN_TCP, COLO_CMP_CONN_FIFO };
+
+#define COLO_CMP_NO_DATA	(-((s64)1 << 62))	/* conn.py NO_DATA */
+#define COLO_CMP_NONE		(-(s64)0x7fffffffffffffffLL - 1)	/* Python's None */
+
+/* An out-of-order segment (tcp.py p_ooo/s_ooo), kept sorted by offset. */
+struct colo_cmp_seg {
+	struct colo_cmp_seg *next;
+	s64 off;
+	u32 len;
+	u8 data[];
+};
+
+/* A pending-bytes buffer: data[start..start+len) of cap bytes. */
+struct colo_cmp_pbuf {
+	u32 start;
+	u32 len;
+	u32 cap;
+	u8 data[];
+};
+
+/*
+ * One side's bytes beyond the verified offset (tcp.py p_pend/s_pend): a copy in one
+ * buffer allocated through core->alloc and freed as soon as it is empty (an idle
+ * connection holds none), and the out-of-order segments.
+ */
+struct colo_cmp_stream {
+	struct colo_cmp_pbuf *b;
+	struct colo_cmp_seg *ooo;
+};
+
+/* tcp.py TcpConn's own state (the queues are colo_cmp_conn.q[0] and q[1]). */
+struct colo_cmp_tcp {
+	s64 v;
+	s64 p_aseq, s_aseq;		/* -1: not known; s: -2 while guessing */
+	s64 p_aoff, s_aoff;
+	s64 p_next, s_next;
+	s64 p_max_ack, s_max_ack;	/* -1: no ACK seen */
+	s64 p_fin, s_fin;		/* COLO_CMP_NONE: none */
+	s64 p_rst_end, s_rst_end;
+	s64 s_isn;			/* -1: none */
+	s64 s_guess_seq;		/* with s_guess: the SYN anchor (s_guess_seq, -1) */
+	s64 s_old_seq, s_old_off;	/* with s_old: its numbering before a checkpoint */
+	struct colo_cmp_stream p, s;
+	u8 p_syn, s_syn;
+	bool syn_ok, fin_ok, p_rst, s_rst, s_reanchor, s_guess, s_unordered, s_old;
+};
 
 struct colo_cmp_conn {		/* conn.py Conn + datagram.py FifoConn */
 	struct colo_cmp_key key;
@@ -235,14 +290,15 @@ struct colo_cmp_conn {		/* conn.py Conn + datagram.py FifoConn */
 	bool closed;
 	bool queue_flag;
 	bool has_first_div;
-	s64 held_p;
-	s64 held_s;
+	s32 held_p;
+	s32 held_s;
 	u64 frames_matched;
 	u64 bytes_matched;
 	u64 requests;
-	/* FIFO */
+	/* FIFO; TCP uses q[0] and q[1] as p_q and s_q */
 	struct colo_cmp_queue q[2];
 	u64 slot;
+	struct colo_cmp_tcp tcp;
 };
 
 /*
@@ -261,6 +317,12 @@ struct colo_cmp_core {
 	struct colo_cmp_held *arrivals_tail;
 	void (*emit)(struct colo_cmp_core *core, const struct colo_cmp_decision *d);
 	void (*free_held)(struct colo_cmp_core *core, struct colo_cmp_held *h);
+	/* Per-connection allocations (TCP pending bytes and segments): malloc/free in
+	 * userspace, kmalloc(GFP_ATOMIC)/kfree in the kernel.  NULL is an allowed
+	 * answer (see colo_cmp_tcp_push).
+	 */
+	void *(*alloc)(struct colo_cmp_core *core, size_t size);
+	void (*free)(struct colo_cmp_core *core, void *p);
 };
 
 void colo_cmp_request(struct colo_cmp_core *core, u8 reason, struct colo_cmp_conn *conn,
@@ -284,6 +346,21 @@ void colo_cmp_fifo_rebase(struct colo_cmp_conn *conn, u64 epoch);
 bool colo_cmp_fifo_push(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 			struct colo_cmp_held *h, s64 now);
 
+void colo_cmp_tcp_init(struct colo_cmp_conn *conn);
+void colo_cmp_tcp_rebase(struct colo_cmp_core *core, struct colo_cmp_conn *conn, u64 epoch);
+/* Frees the streams' buffers (the connection goes away; its queues must be empty). */
+void colo_cmp_tcp_free(struct colo_cmp_core *core, struct colo_cmp_conn *conn);
+/*
+ * One parsed TCP segment.  @h is a filled-in record (side, tag, size) that the
+ * connection takes if it holds the frame: returns true then, false when the frame
+ * was decided at once.  When an allocation for the pending bytes fails, the
+ * connection asks for a checkpoint (COLO_CMP_MEMORY_LIMIT) and is treated as
+ * diverged until it: held primaries are released by checkpoint_done, secondaries
+ * dropped (COLO_CMP_DIVERGED).
+ */
+bool colo_cmp_tcp_push(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
+		       struct colo_cmp_held *h, const struct colo_cmp_pkt *pkt, s64 now);
+
 #ifndef __KERNEL__
 /* The userspace engine (cmp_engine_user.c). */
 struct colo_cmp_engine;
@@ -295,6 +372,9 @@ void colo_cmp_engine_checkpoint_done(struct colo_cmp_engine *e, s64 now);
 size_t colo_cmp_engine_take(struct colo_cmp_engine *e, const struct colo_cmp_decision **out);
 const struct colo_cmp_counters *colo_cmp_engine_counters(const struct colo_cmp_engine *e);
 bool colo_cmp_engine_pending(const struct colo_cmp_engine *e);
+void colo_cmp_engine_set_retired_max(struct colo_cmp_engine *e, u32 n);
+u32 colo_cmp_engine_retired_now(const struct colo_cmp_engine *e);
+void colo_cmp_engine_fail_alloc(struct colo_cmp_engine *e, s64 after);
 void colo_cmp_engine_free(struct colo_cmp_engine *e);
 #endif
 

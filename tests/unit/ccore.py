@@ -147,6 +147,12 @@ def library(sanitize: bool = False) -> ctypes.CDLL:
     lib.colo_cmp_engine_counters.restype = ctypes.POINTER(CCounters)
     lib.colo_cmp_engine_pending.argtypes = [ctypes.c_void_p]
     lib.colo_cmp_engine_pending.restype = ctypes.c_bool
+    lib.colo_cmp_engine_set_retired_max.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.colo_cmp_engine_set_retired_max.restype = None
+    lib.colo_cmp_engine_retired_now.argtypes = [ctypes.c_void_p]
+    lib.colo_cmp_engine_retired_now.restype = ctypes.c_uint32
+    lib.colo_cmp_engine_fail_alloc.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.colo_cmp_engine_fail_alloc.restype = None
     lib.colo_cmp_engine_free.argtypes = [ctypes.c_void_p]
     lib.colo_cmp_engine_free.restype = None
     for name in ("colo_xlate_from_svm", "colo_xlate_to_svm"):
@@ -261,6 +267,17 @@ class CEngine:
     def checkpoint_done(self, now_ms: int) -> list[tuple[object, ...]]:
         self.lib.colo_cmp_engine_checkpoint_done(self.handle, now_ms * 1000)
         return self._take()
+
+    def set_retired_max(self, n: int) -> None:
+        self.lib.colo_cmp_engine_set_retired_max(self.handle, n)
+
+    def fail_alloc(self, after: int) -> None:
+        """The per-connection allocation after ``after`` more fails (-1: none)."""
+        self.lib.colo_cmp_engine_fail_alloc(self.handle, after)
+
+    @property
+    def retired_now(self) -> int:
+        return int(self.lib.colo_cmp_engine_retired_now(self.handle))
 
     @property
     def checkpoint_pending(self) -> bool:

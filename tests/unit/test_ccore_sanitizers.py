@@ -1,5 +1,6 @@
 """The C compare core under AddressSanitizer and UndefinedBehaviorSanitizer: random and
-mangled frames of every protocol through the parser and the engine, and random TCP
+mangled frames of every protocol through the parser and the engine, TCP streams (the
+differential's generator) with failing allocations and a small retired table, and random TCP
 headers through the secondary's sequence translation, in a child process that preloads
 libasan (a sanitizer report aborts it)."""
 
@@ -18,12 +19,13 @@ FUZZ = textwrap.dedent("""
     import random, sys
     sys.path[:0] = [{here!r}]
     import ccore
-    from test_ccore_engine import FIFO_SEEDS
+    from test_ccore_engine import ALL_SEEDS, flow_frames
     from test_ccore_parse import SEEDS
     from colo_proxy.compare import Config
     lib = ccore.library(sanitize=True)
     rng = random.Random(20261202)
-    seeds = SEEDS + FIFO_SEEDS
+    seeds = SEEDS + ALL_SEEDS
+    flows = []
     def mangled():
         if rng.random() < 0.3:
             return bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
@@ -38,16 +40,21 @@ FUZZ = textwrap.dedent("""
         ccore.parse(mangled(), rng.choice([0, 0, 12, 300, -1]), lib)
     engine = ccore.CEngine(Config(compare_timeout_ms=30, max_queue_per_conn=3,
                                   max_held_bytes=2000, max_connections=5), lib)
+    engine.set_retired_max(3)
     now = 0
     for i in range({frames}):
         now += rng.randrange(20)
         r = rng.random()
-        if r < 0.9:
-            frame = mangled()
-            try:
-                engine.push(rng.randrange(2), frame, now, i, 0)
-            except RuntimeError:  # a TCP frame: not in the C core yet
-                pass
+        if r < 0.6:
+            engine.push(rng.randrange(2), mangled(), now, i, 0)
+        elif r < 0.9:
+            if not flows:
+                flows.extend(flow_frames(rng, rng.choice([80, 81]), rng.random() < 0.3,
+                                         None))
+            side, frame = flows.pop(0)
+            engine.push(side, frame, now, i, 0)
+        elif r < 0.92:
+            engine.fail_alloc(rng.randrange(4))
         elif r < 0.95:
             engine.tick(now)
         else:
