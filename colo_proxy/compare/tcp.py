@@ -31,10 +31,18 @@ MATCHED = DropReason.MATCHED
 SECONDARY = Side.SECONDARY
 _new = tuple.__new__
 REANCHOR_WINDOW = 16 << 20
-"""After a checkpoint the secondary takes the primary's numbering when its first segment
-with data, read in it, lies at the primary's next offset or at most this far behind it
-(a retransmission); anything else is anchored at the next offset.  A connection first
-seen mid-stream uses a window of 0: only an exact landing means shared numbering."""
+"""How far behind the verified offset a side's first numbered segment may land, read in
+the other side's numbering, and still be taken as in that numbering (a retransmission).
+See ``TcpConn._choose`` and docs/compare.md, "The secondary's numbering"."""
+AHEAD_WINDOW = 1 << 20
+"""How far beyond the other side's highest byte a side's first numbered segment may land
+and still be taken as in the other side's numbering (the secondary leads)."""
+EVIDENCE = 16
+"""Equal bytes that decide a side's numbering by content alone (``TcpConn._choose``);
+fewer (a 4-byte segment) only count as not contradicting it."""
+GUESS = -2
+"""``s_aseq`` while the secondary's numbering after its SYN is not decided yet: no 32-bit
+sequence number equals it, so the in-order fast path never runs before the decision."""
 
 
 def sdiff(a: int, b: int) -> int:
@@ -65,6 +73,8 @@ class TcpConn(Conn):
         "s_aoff",
         "s_aseq",
         "s_fin",
+        "s_guess",
+        "s_isn",
         "s_max_ack",
         "s_next",
         "s_ooo",
@@ -111,6 +121,8 @@ class TcpConn(Conn):
         self.p_rst_end = 0
         self.s_rst_end = 0
         self.s_reanchor = False
+        self.s_guess: tuple[int, int] | None = None  # SYN anchor, numbering not decided
+        self.s_isn = -1  # the sequence number of the secondary's own SYN
         self.s_unordered = False
         self.closed = False
 
@@ -132,6 +144,7 @@ class TcpConn(Conn):
         self.p_ooo.clear()
         self.s_ooo.clear()
         self.s_reanchor = True
+        self.s_guess = None
         self.s_unordered = False
         self.s_max_ack = self.p_max_ack
         self.s_syn = self.p_syn
@@ -202,7 +215,9 @@ class TcpConn(Conn):
             if flags & SYN:
                 self.p_aseq, self.p_aoff = seq, -1
             elif self.s_aseq >= 0 and not self.s_reanchor:
-                self.p_aseq, self.p_aoff = self._align(seq, self.s_aseq, self.s_aoff, 0)
+                self.p_aseq, self.p_aoff = self._choose(
+                    seq, payload, ((self.s_aseq, self.s_aoff),), (seq, self.v),
+                    self.s_pend, self.s_ooo, self.s_next)
             else:
                 self.p_aseq, self.p_aoff = seq, self.v
         off = self.p_aoff + (((seq - self.p_aseq + HALF) & MASK) - HALF)
@@ -370,7 +385,7 @@ class TcpConn(Conn):
         n = len(payload)
         ctl = flags & CTL
         if n or ctl or self.s_aseq < 0:
-            self._secondary_numbering(seq, flags)
+            self._secondary_numbering(seq, flags, payload)
         if flags & ACK:
             m = self.s_max_ack
             if m < 0 or ((ack - m + HALF) & MASK) - HALF > 0:
@@ -381,9 +396,12 @@ class TcpConn(Conn):
             if changed:
                 self._settle(core, now, out)
             return
-        off = self.s_aoff + (((seq - self.s_aseq + HALF) & MASK) - HALF)
-        if flags & SYN:
-            off += 1
+        if flags & SYN and seq == self.s_isn:
+            off = 0  # its own SYN (a retransmission), whichever numbering its data use
+        else:
+            off = self.s_aoff + (((seq - self.s_aseq + HALF) & MASK) - HALF)
+            if flags & SYN:
+                off += 1
         end = off + n
         new = False
         if flags & SYN and not self.s_syn:
@@ -437,38 +455,152 @@ class TcpConn(Conn):
         if changed or new:
             self._settle(core, now, out)
 
-    def _secondary_numbering(self, seq: int, flags: int) -> None:
+    def _secondary_numbering(self, seq: int, flags: int, payload: bytes) -> None:
         if self.s_reanchor:
-            # First segment with data/SYN/FIN after a checkpoint.
+            # First numbered segment after a checkpoint.
             self.s_reanchor = False
             if flags & SYN:
-                self.s_aseq, self.s_aoff = seq, -1
+                self._secondary_syn(seq)
             else:
-                self.s_aseq, self.s_aoff = self._align(seq, self.p_aseq, self.p_aoff,
-                                                       REANCHOR_WINDOW)
+                self.s_aseq, self.s_aoff = self._choose(
+                    seq, payload, ((self.p_aseq, self.p_aoff),), (seq, self.v),
+                    self.p_pend, self.p_ooo, self.p_next)
+        elif self.s_guess is not None:
+            if flags & SYN:
+                if seq == self.s_isn:
+                    return  # its SYN again: still undecided
+                if not self.busy:
+                    self._fresh()  # a new SYN on the same ports
+                    self._secondary_syn(seq)
+                    return
+            # First numbered segment after its SYN: its own numbering (native), or the
+            # primary's (QEMU's filter-rewriter, our secondary module).
+            own, self.s_guess = self.s_guess, None
+            if self.p_aseq < 0:
+                self.s_aseq, self.s_aoff = own
+            else:
+                self.s_aseq, self.s_aoff = self._choose(
+                    seq, payload, ((self.p_aseq, self.p_aoff), own), None,
+                    self.p_pend, self.p_ooo, self.p_next, 0)
         elif self.s_aseq < 0:
             if flags & SYN:
-                self.s_aseq, self.s_aoff = seq, -1
+                self._secondary_syn(seq)
             elif self.p_aseq >= 0:
-                self.s_aseq, self.s_aoff = self._align(seq, self.p_aseq, self.p_aoff, 0)
+                self.s_aseq, self.s_aoff = self._choose(
+                    seq, payload, ((self.p_aseq, self.p_aoff),), (seq, self.v),
+                    self.p_pend, self.p_ooo, self.p_next)
             else:
                 self.s_aseq, self.s_aoff = seq, self.v
-        elif flags & SYN and self.s_aoff + sdiff(seq, self.s_aseq) != -1 and not self.busy:
+        elif flags & SYN and seq != self.s_isn \
+                and self.s_aoff + sdiff(seq, self.s_aseq) != -1 and not self.busy:
             # A new SYN on the same ports (the secondary is first): a new connection.
             self._fresh()
-            self.s_aseq, self.s_aoff = seq, -1
+            self._secondary_syn(seq)
 
-    def _align(self, seq: int, aseq: int, aoff: int, window: int) -> tuple[int, int]:
-        """Numbering for a side's first segment without a SYN of its own.
+    def _secondary_syn(self, seq: int) -> None:
+        """The secondary's SYN: its own numbering, to be confirmed by its next segment
+        unless it is the primary's too."""
+        self.s_isn = seq
+        if self.p_syn and self.p_aoff + sdiff(seq, self.p_aseq) == -1:
+            self.s_aseq, self.s_aoff = seq, -1  # the same ISN: nothing to decide
+        else:
+            self.s_aseq, self.s_aoff = GUESS, -1
+            self.s_guess = (seq, -1)
 
-        The other side's numbering ``(aseq, aoff)`` is taken when ``seq`` read in it lands
-        at the verified offset ``v`` or at most ``window`` bytes behind it (a
-        retransmission); otherwise ``seq`` is anchored at ``v``.
+    def _choose(self, seq: int, payload: bytes, shared: tuple[tuple[int, int], ...],
+                here: tuple[int, int] | None, other: bytearray, other_ooo: dict[int, bytes],
+                other_next: int, behind: int = REANCHOR_WINDOW) -> tuple[int, int]:
+        """The numbering of a side's first numbered segment (docs/compare.md, "The
+        secondary's numbering").
+
+        ``shared`` lists candidate anchors ``(seq, offset)`` in order of preference:
+        the other side's numbering, then (after a SYN) the side's own.  ``here`` is the
+        last resort of a side without a SYN: the segment starts at the verified offset.
+        ``other`` holds the other side's pending bytes from ``v``, ``other_ooo`` its
+        out-of-order segments, ``other_next`` its highest data end offset.  A candidate
+        is *inside* when the segment, read in it, ends at most ``behind`` bytes
+        before ``v`` (``REANCHOR_WINDOW``; 0 right after a SYN, before which nothing
+        was sent) and starts at most ``AHEAD_WINDOW`` beyond the other side's
+        highest byte.
+
+        1. Content: a candidate under which at least ``EVIDENCE`` of the segment's
+           bytes equal bytes the other side sent and still holds, at the same offsets,
+           and none differs.  Of ``shared``, the one at ``v`` first, then the one
+           comparing more bytes, then the first in the list.  ``here`` only if no
+           candidate of ``shared`` is inside, uncontradicted and touching the other
+           side's bytes (periodic data agree under several numberings).
+        2. Position: of the candidates of ``shared`` that are inside and under which no
+           byte differs, the nearest to the other side's bytes (ties: the one at
+           ``v``, then the first).
+        3. ``here`` if no byte differs under it.
+        4. The first of ``shared`` that is inside, though a byte differs (a real
+           divergence, reported at once), else ``here``, else the last candidate.
         """
-        off = aoff + sdiff(seq, aseq)
-        if self.v - window <= off <= self.v:
-            return aseq, aoff
-        return seq, self.v
+        v = self.v
+        n = len(payload)
+        top = v + len(other)
+        if other_next > top:
+            top = other_next
+        strong: tuple[int, int] | None = None
+        strong_rank = (False, 0)
+        best: tuple[int, int] | None = None
+        best_key = (0, False)
+        near: tuple[int, int] | None = None
+        for cand in shared:
+            off = cand[1] + sdiff(seq, cand[0])
+            end = off + n
+            if not (v - behind <= end and off <= top + AHEAD_WINDOW):
+                continue
+            if near is None:
+                near = cand
+            same = self._agreement(payload, off, other, other_ooo)
+            if same < 0:
+                continue  # a byte differs
+            if same >= EVIDENCE:
+                rank = (off == v, same)
+                if strong is None or rank > strong_rank:
+                    strong, strong_rank = cand, rank
+            key = (v - end if end < v else (off - top if off > top else 0), off != v)
+            if best is None or key < best_key:
+                best, best_key = cand, key
+        if strong is not None:
+            return strong
+        here_same = -1 if here is None else self._agreement(payload, v, other, other_ooo)
+        if here is not None and here_same >= EVIDENCE and (best is None or best_key[0] > 0):
+            return here
+        if best is not None:
+            return best
+        if here is not None and here_same >= 0:
+            return here
+        if near is not None:
+            return near
+        return here if here is not None else shared[-1]
+
+    def _agreement(self, payload: bytes, off: int, other: bytearray,
+                   other_ooo: dict[int, bytes]) -> int:
+        """How many bytes of ``payload`` placed at ``off`` equal the other side's held
+        bytes (``other`` from ``v``, and its out-of-order segments); -1 if one differs."""
+        v = self.v
+        end = off + len(payload)
+        lo = off if off > v else v
+        hi = v + len(other)
+        if end < hi:
+            hi = end
+        same = 0
+        if lo < hi:
+            if payload[lo - off : hi - off] != other[lo - v : hi - v]:
+                return -1
+            same = hi - lo
+        for start, data in other_ooo.items():
+            lo = off if off > start else start
+            hi = start + len(data)
+            if end < hi:
+                hi = end
+            if lo < hi:
+                if payload[lo - off : hi - off] != data[lo - start : hi - start]:
+                    return -1
+                same += hi - lo
+        return same
 
     def _secondary_fin_rst(self, core: Core, flags: int, end: int, now: float,
                            out: list[Decision]) -> bool:

@@ -12,6 +12,7 @@ from test_compare_parse import Harness, assert_counters_consistent, tcp, udp
 
 from colo_proxy.compare import CheckpointRequest, Config, Engine, Reason, Release, Side
 from colo_proxy.compare import engine as engine_module
+from colo_proxy.compare.tcp import sdiff
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -116,8 +117,14 @@ def test_equal_tcp_streams_match_however_cut(s: dict[str, Any]) -> None:
             segs.append((f"{side}-dup", segs[0][1]))  # a retransmission
         return [(f"{side}-syn", tcp(isn, b"", "SA")), *segs]
 
+    sisn = s["sisn"]
+    if 0 < abs(sdiff(sisn, s["pisn"])) <= 2 * len(data) + 16:
+        # ISNs closer than the data span: the secondary's first segment reads as either
+        # numbering, and periodic data cannot tell (docs/compare.md, "The secondary's
+        # numbering"); test_compare_numbering.py covers the numberings.
+        sisn = s["pisn"]
     p = segments("p", s["pisn"], s["p_cuts"])
-    q = segments("s", s["sisn"], s["s_cuts"])
+    q = segments("s", sisn, s["s_cuts"])
     h = Harness()
     for side, tag, frame in _interleave([("P", *x) for x in p], [("S", *x) for x in q],
                                         s["order"]):
