@@ -281,8 +281,19 @@ def run_side(side: str, args: argparse.Namespace, sizes: Sizes, rep: int) -> lis
                       proxy_args=("--stats-interval", STATS_INTERVAL))
     prefix = "cp" + secrets.token_hex(3)
     print(f"rep {rep + 1}: {side}: starting topology {prefix}", flush=True)
-    results = []
-    with GuestlessColo(prefix, spec) as topo:
+    results: list[WorkloadRun] = []
+    topo = GuestlessColo(prefix, spec)
+    try:
+        _run_workloads(topo, args, sizes, results)
+    finally:
+        _remove_logs(topo, args.keep_logs)
+    return results
+
+
+def _run_workloads(topo: GuestlessColo, args: argparse.Namespace, sizes: Sizes,
+                   results: list[WorkloadRun]) -> None:
+    side, spec = topo.spec.compare, topo.spec
+    with topo:
         server = spec.server_ip
         seen_events = 0
         hist0, sum0 = _last_histogram(topo.proxy_events())
@@ -305,7 +316,16 @@ def run_side(side: str, args: argparse.Namespace, sizes: Sizes, rep: int) -> lis
             print(f"  {wl.name}: {len(client.latencies_ms)}/{count} ok, "
                   f"{run.checkpoints} checkpoints, client p50 "
                   f"{percentile(client.latencies_ms, 0.5):.2f} ms", flush=True)
-    return results
+
+
+def _remove_logs(topo: GuestlessColo, keep: bool) -> None:
+    if topo.spec.compare != "colo-proxy":
+        return
+    if keep:
+        print(f"  kept {topo.proxy_log} and {topo.events_path}")
+        return
+    topo.proxy_log.unlink(missing_ok=True)
+    topo.events_path.unlink(missing_ok=True)
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -434,6 +454,8 @@ def main() -> int:
     parser.add_argument("--udp-wait", type=float, default=None,
                         help="seconds to wait for UDP replies after the burst "
                              "(default: timeout + 1.5 s)")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep colo-proxy's log and event stream (/tmp/PREFIX-colo-proxy*)")
     args = parser.parse_args()
     if args.reps < 1 or args.timeout_ms < 1:
         parser.error("--reps and --timeout-ms must be positive")
