@@ -18,8 +18,9 @@ the same workloads through it, in this order:
   120 KiB), one connection each; latency = connect to last body byte;
 * **HTTP keep-alive**: the same objects, all requests on one connection;
 * **TCP echo**: one long-lived connection, 64-byte request/reply round trips;
-* **UDP burst**: 64-byte datagrams to the echo service sent back to back, then
-  the replies collected; latency = send to reply, per datagram;
+* **UDP bursts**: 64-byte datagrams to the echo service, in bursts sent back to
+  back (200 in bursts of 50), each burst's replies collected before the next;
+  each burst from a new source port; latency = send to reply, per datagram;
 * **random-token page**: ``/session`` on new connections, a fresh token in each
   response: a real divergence per request, one checkpoint each expected.
 
@@ -87,10 +88,11 @@ class Sizes:
     keepalive: int = 50
     echo: int = 100
     udp: int = 200
+    udp_burst: int = 50
     tokens: int = 10
 
 
-QUICK = Sizes(http_new=5, keepalive=5, echo=10, udp=20, tokens=2)
+QUICK = Sizes(http_new=5, keepalive=5, echo=10, udp=20, udp_burst=10, tokens=2)
 
 
 @dataclass
@@ -186,13 +188,26 @@ def tcp_echo(server: str, count: int) -> ClientRun:
     return run
 
 
-def udp_burst(server: str, count: int, wait_s: float) -> ClientRun:
+def udp_bursts(server: str, count: int, burst: int, wait_s: float) -> ClientRun:
+    """``count`` datagrams in bursts of ``burst``; each burst's replies are awaited
+    (up to ``wait_s``) before the next one is sent."""
+    run = ClientRun()
+    for first in range(0, count, burst):
+        if STOPPING.is_set():
+            break
+        one = udp_burst(server, range(first, min(count, first + burst)), wait_s)
+        run.latencies_ms += one.latencies_ms
+        run.failed += one.failed
+    return run
+
+
+def udp_burst(server: str, seqs: range, wait_s: float) -> ClientRun:
     run = ClientRun()
     sent: dict[int, float] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.connect((server, ECHO_UDP_PORT))
-        for i in range(count):
+        for i in seqs:
             sent[i] = time.perf_counter()
             sock.send(struct.pack(">I", i) + bytes(ECHO_BYTES - 4))
         deadline = time.perf_counter() + wait_s
@@ -249,13 +264,13 @@ class Workload:
     run: Callable[[str, int], ClientRun]
 
 
-def workloads(udp_wait_s: float) -> list[Workload]:
+def workloads(udp_wait_s: float, sizes: Sizes) -> list[Workload]:
     return [
         Workload("HTTP, new connections", lambda s: s.http_new, http_new),
         Workload("HTTP keep-alive", lambda s: s.keepalive, http_keepalive),
         Workload("TCP echo, 1 connection", lambda s: s.echo, tcp_echo),
-        Workload("UDP burst", lambda s: s.udp,
-                 lambda server, n: udp_burst(server, n, udp_wait_s)),
+        Workload("UDP bursts", lambda s: s.udp,
+                 lambda server, n: udp_bursts(server, n, sizes.udp_burst, udp_wait_s)),
         Workload("random-token page", lambda s: s.tokens, token_pages),
     ]
 
@@ -297,7 +312,7 @@ def _run_workloads(topo: GuestlessColo, args: argparse.Namespace, sizes: Sizes,
         server = spec.server_ip
         seen_events = 0
         hist0, sum0 = _last_histogram(topo.proxy_events())
-        for wl in workloads(args.udp_wait):
+        for wl in workloads(args.udp_wait, sizes):
             count = wl.requests(sizes)
             before = topo.checkpoints
             client = topo.client(_bound(wl.run, server, count))
@@ -472,11 +487,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
 
-    wls = workloads(args.udp_wait)
+    wls = workloads(args.udp_wait, sizes)
     print(f"# colo-compare vs colo-proxy, guestless COLO pair\n\n{machine_line()}")
     print(f"start: {time.strftime('%Y-%m-%d %H:%M:%S')}, {load_line()}")
     print(f"reps {args.reps}, compare timeout {args.timeout_ms} ms, settle {args.settle:g} s; "
-          "requests per workload: " + ", ".join(f"{w.name} {w.requests(sizes)}" for w in wls),
+          "requests per workload: " + ", ".join(f"{w.name} {w.requests(sizes)}" for w in wls)
+          + f" (UDP in bursts of {sizes.udp_burst})",
           flush=True)
     runs: dict[str, list[list[WorkloadRun]]] = {side: [] for side in SIDES}
     try:

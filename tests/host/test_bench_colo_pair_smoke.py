@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOADS = ["HTTP, new connections", "HTTP keep-alive", "TCP echo, 1 connection",
-             "UDP burst", "random-token page"]
+             "UDP bursts", "random-token page"]
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
 
