@@ -297,11 +297,7 @@ def run_side(side: str, args: argparse.Namespace, sizes: Sizes, rep: int) -> lis
     prefix = "cp" + secrets.token_hex(3)
     print(f"rep {rep + 1}: {side}: starting topology {prefix}", flush=True)
     results: list[WorkloadRun] = []
-    topo = GuestlessColo(prefix, spec)
-    try:
-        _run_workloads(topo, args, sizes, results)
-    finally:
-        _remove_logs(topo, args.keep_logs)
+    _run_workloads(GuestlessColo(prefix, spec), args, sizes, results)
     return results
 
 
@@ -331,16 +327,18 @@ def _run_workloads(topo: GuestlessColo, args: argparse.Namespace, sizes: Sizes,
             print(f"  {wl.name}: {len(client.latencies_ms)}/{count} ok, "
                   f"{run.checkpoints} checkpoints, client p50 "
                   f"{percentile(client.latencies_ms, 0.5):.2f} ms", flush=True)
+        if args.keep_logs and side == "colo-proxy":
+            _keep_logs(topo)
 
 
-def _remove_logs(topo: GuestlessColo, keep: bool) -> None:
-    if topo.spec.compare != "colo-proxy":
-        return
-    if keep:
-        print(f"  kept {topo.proxy_log} and {topo.events_path}")
-        return
-    topo.proxy_log.unlink(missing_ok=True)
-    topo.events_path.unlink(missing_ok=True)
+def _keep_logs(topo: GuestlessColo) -> None:
+    """Copy colo-proxy's log and event stream out of the topology's directory
+    (``stop`` removes it)."""
+    for src in (topo.proxy_log, topo.events_path):
+        if src.exists():
+            dst = Path("/tmp") / f"{topo.prefix}-{src.name}"
+            shutil.copyfile(src, dst)
+            print(f"  kept {dst}")
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -470,7 +468,7 @@ def main() -> int:
                         help="seconds to wait for UDP replies after the burst "
                              "(default: timeout + 1.5 s)")
     parser.add_argument("--keep-logs", action="store_true",
-                        help="keep colo-proxy's log and event stream (/tmp/PREFIX-colo-proxy*)")
+                        help="copy colo-proxy's log and event stream to /tmp/PREFIX-colo-proxy*")
     args = parser.parse_args()
     if args.reps < 1 or args.timeout_ms < 1:
         parser.error("--reps and --timeout-ms must be positive")

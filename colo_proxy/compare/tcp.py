@@ -77,6 +77,7 @@ class TcpConn(Conn):
         "s_isn",
         "s_max_ack",
         "s_next",
+        "s_old",
         "s_ooo",
         "s_pend",
         "s_q",
@@ -123,6 +124,7 @@ class TcpConn(Conn):
         self.s_reanchor = False
         self.s_guess: tuple[int, int] | None = None  # SYN anchor, numbering not decided
         self.s_isn = -1  # the sequence number of the secondary's own SYN
+        self.s_old: tuple[int, int] | None = None  # its numbering before a checkpoint
         self.s_unordered = False
         self.closed = False
 
@@ -136,6 +138,13 @@ class TcpConn(Conn):
         if self.p_aseq < 0:
             self._fresh()
             return
+        # The secondary's numbering so far, if it is not the primary's: a secondary that
+        # was not restored (no VMM copied the PVM onto it) goes on in it.
+        old = self.s_guess if self.s_guess is not None else (
+            (self.s_aseq, self.s_aoff) if self.s_aseq >= 0 else None)
+        if old is not None and self.p_aoff + sdiff(old[0], self.p_aseq) == old[1]:
+            old = None
+        self.s_old = old
         p_end = self.v + len(self.p_pend)
         self.v = max(self.p_next, p_end)
         self.p_next = self.s_next = self.v
@@ -462,9 +471,15 @@ class TcpConn(Conn):
             if flags & SYN:
                 self._secondary_syn(seq)
             else:
+                # Its own numbering from before counts only where it puts the segment at
+                # or beyond the new common point: a secondary that sent fewer bytes than
+                # the primary re-synchronises "here".
+                cands: tuple[tuple[int, int], ...] = ((self.p_aseq, self.p_aoff),)
+                old = self.s_old
+                if old is not None and old[1] + sdiff(seq, old[0]) >= self.v:
+                    cands = (*cands, old)
                 self.s_aseq, self.s_aoff = self._choose(
-                    seq, payload, ((self.p_aseq, self.p_aoff),), (seq, self.v),
-                    self.p_pend, self.p_ooo, self.p_next)
+                    seq, payload, cands, (seq, self.v), self.p_pend, self.p_ooo, self.p_next)
         elif self.s_guess is not None:
             if flags & SYN:
                 if seq == self.s_isn:
@@ -523,6 +538,9 @@ class TcpConn(Conn):
         was sent) and starts at most ``AHEAD_WINDOW`` beyond the other side's
         highest byte.
 
+        0. A candidate of ``shared`` that puts the segment exactly at ``v``: a side's
+           first segment is normally its next byte.  If its bytes differ there, that is
+           a real divergence, unless another candidate matches by content (1).
         1. Content: a candidate under which at least ``EVIDENCE`` of the segment's
            bytes equal bytes the other side sent and still holds, at the same offsets,
            and none differs.  Of ``shared``, the one at ``v`` first, then the one
@@ -546,6 +564,8 @@ class TcpConn(Conn):
         best: tuple[int, int] | None = None
         best_key = (0, False)
         near: tuple[int, int] | None = None
+        at_v: tuple[int, int] | None = None
+        at_v_agrees = False
         for cand in shared:
             off = cand[1] + sdiff(seq, cand[0])
             end = off + n
@@ -554,6 +574,8 @@ class TcpConn(Conn):
             if near is None:
                 near = cand
             same = self._agreement(payload, off, other, other_ooo)
+            if off == v and at_v is None:
+                at_v, at_v_agrees = cand, same >= 0
             if same < 0:
                 continue  # a byte differs
             if same >= EVIDENCE:
@@ -563,6 +585,8 @@ class TcpConn(Conn):
             key = (v - end if end < v else (off - top if off > top else 0), off != v)
             if best is None or key < best_key:
                 best, best_key = cand, key
+        if at_v is not None and (at_v_agrees or strong is None):
+            return at_v
         if strong is not None:
             return strong
         here_same = -1 if here is None else self._agreement(payload, v, other, other_ooo)

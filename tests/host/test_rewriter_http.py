@@ -35,7 +35,9 @@ FRESH = 30
 """Deterministic requests, each on a new connection."""
 TOKENS = 5
 """Random-token pages: one real divergence each."""
-TIMEOUT_MS = 1000
+TIMEOUT_MS = 3000
+"""colo-compare's default.  The timeout is liveness, not comparison: on this shared
+2-CPU machine a namespace's reply was once late by more than 1 s under load."""
 Recorder = Callable[[str, object], None]
 
 
@@ -107,7 +109,7 @@ def token_run(topo: GuestlessColo, count: int) -> None:
 
 def settle(topo: GuestlessColo) -> None:
     """Give anything still held the time to time out (it must not)."""
-    time.sleep(2 * TIMEOUT_MS / 1000)
+    time.sleep(TIMEOUT_MS / 1000 + 0.5)
 
 
 def test_rewritten_numbering_costs_no_checkpoint(proxy: GuestlessColo,
@@ -126,9 +128,11 @@ def test_rewritten_numbering_costs_no_checkpoint(proxy: GuestlessColo,
           f"{len(PATHS)} deterministic after them -> {after}")
     record_property("checkpoints", {"deterministic": deterministic, "tokens": divergent,
                                     "after": after})
-    assert deterministic == 0, proxy.proxy_output()[-3000:]
-    assert divergent == TOKENS, proxy.proxy_output()[-3000:]
-    assert after == 0, proxy.proxy_output()[-3000:]
+    why = "\n".join(line for line in proxy.proxy_output().splitlines()
+                    if "checkpoint requested" in line)
+    assert deterministic == 0, why
+    assert divergent == TOKENS, why
+    assert after == 0, why
     assert "payload-mismatch" in proxy.proxy_output()
 
 

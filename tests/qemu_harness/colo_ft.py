@@ -66,11 +66,13 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import socketserver
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -206,9 +208,12 @@ class GuestlessColo:
         self.primary: QemuProcess | None = None
         self.secondary: QemuProcess | None = None
         self.proxy: subprocess.Popen[bytes] | None = None
-        self.proxy_log = Path(f"/tmp/{prefix}-colo-proxy.log")
-        self.events_path = Path(f"/tmp/{prefix}-colo-proxy-events.jsonl")
-        """colo-proxy's ``--events`` output when ``spec.events`` is set."""
+        self._dir = Path(tempfile.mkdtemp(prefix=f"colo-ft-{prefix}-"))
+        self.proxy_log = self._dir / "colo-proxy.log"
+        """colo-proxy's output; removed by ``stop`` (read it with ``proxy_output`` first)."""
+        self.events_path = self._dir / "colo-proxy-events.jsonl"
+        """colo-proxy's ``--events`` output when ``spec.events`` is set; removed by
+        ``stop`` like the log (read it with ``proxy_events`` first)."""
         self.services: list[subprocess.Popen[bytes]] = []
         self.checkpoints = 0
         """DO_CHECKPOINT messages received on notify_dev."""
@@ -484,6 +489,7 @@ class GuestlessColo:
         for name in reversed(self._made_ns):
             netns.remove(name)
         self._made_ns.clear()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> GuestlessColo:
         return self.start()

@@ -55,9 +55,9 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
     n = draw(st.integers(2, 600))
     kind = draw(st.sampled_from(["counter", "random", "zeros"]))
     reorder = draw(st.sampled_from(["none", "swap", "shuffle"]))
-    if numbering == "native" and anchoring != "syn":
+    if numbering == "native" and anchoring == "midstream":
         # Without a SYN nothing tells the secondary's own numbering: its first
-        # numbered segment must be the next byte (docs: "Known limitations").
+        # numbered segment must be the next byte (docs: "The secondary's numbering").
         reorder = "none"
     if anchoring != "syn" and reorder != "none" and kind != "counter":
         # A secondary whose first segment is not its lowest, with no SYN seen, is
@@ -68,16 +68,17 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
             "zeros": bytes(n)}[kind]
     pisn = draw(st.one_of(st.integers(0, 2**32 - 1),
                           st.integers(2**32 - n - 8, 2**32 - 1)))  # wraps inside the data
-    sisn = draw(st.one_of(st.integers(0, 2**32 - 1),
-                          st.just(pisn), st.integers(2**32 - n - 8, 2**32 - 1)))
+    # Real pairs have ISNs a few thousand apart (the same secret, clocks ~1 ms apart).
+    sisn = draw(st.one_of(st.integers(0, 2**32 - 1), st.just(pisn),
+                          st.integers(2**32 - n - 8, 2**32 - 1),
+                          st.integers(-200_000, 200_000).map(lambda d: (pisn + d) % 2**32)))
     gap = abs(sdiff(sisn, pisn))
     if 0 < gap <= 2 * n + 16:
         sisn = pisn  # ISNs closer than the data span: ambiguous (docs), not tested here
-    if ((numbering == "native" and anchoring != "syn") or anchoring == "checkpoint") \
+    if numbering == "native" and anchoring == "midstream" \
             and 0 < abs(sdiff(sisn, pisn)) <= FAR + n + 16:
-        # Positions within the windows of each other: a native secondary without a SYN
-        # reads as the primary's; a diverging first segment as the other numbering
-        # (then a timeout, not an immediate mismatch, finds it).
+        # Within the windows of each other, a native secondary seen without a SYN reads
+        # as the primary's numbering (docs).
         sisn = (pisn + 2**31) & 0xFFFFFFFF
     return {
         "numbering": numbering, "anchoring": anchoring, "data": data, "reorder": reorder,
@@ -281,3 +282,42 @@ def test_real_divergence_is_still_one_checkpoint_in_rewritten_numbering() -> Non
     assert [r.reason for r in h.requests] == [Reason.PAYLOAD_MISMATCH]
     div = h.requests[0].divergence
     assert div is not None and div.offset == 6
+
+
+@pytest.mark.parametrize("gap", [2093, -2093, 43644, -43644])
+def test_a_first_segment_that_diverges_is_reported_at_once(gap: int) -> None:
+    """Close ISNs (real pairs: a few thousand apart): the secondary's first segment is
+    at offset 0 in the primary's numbering, so a token in it is a mismatch there, not a
+    reason to read it in the secondary's own numbering and wait for the timeout."""
+    h = Harness()
+    h.p(tcp(PISN, b"", "SA"), "p-syn")
+    h.s(tcp(PISN + gap, b"", "SA"), "s-syn")
+    h.p(tcp(PISN + 1, b"HTTP/1.1 200 OK\r\n\r\ntoken=1234"), "p1")
+    h.s(tcp(PISN + 1, b"HTTP/1.1 200 OK\r\n\r\ntoken=9876"), "s1")
+    assert [r.reason for r in h.requests] == [Reason.PAYLOAD_MISMATCH]
+    div = h.requests[0].divergence
+    assert div is not None and div.offset == 25
+
+
+@pytest.mark.parametrize("first", ["primary", "secondary"])
+def test_native_secondary_keeps_its_own_numbering_after_a_checkpoint(first: str) -> None:
+    """The namespace demo: nobody restores the SVM, it goes on in its own numbering,
+    ISNs 2093 apart."""
+    h = Harness()
+    sisn = PISN + 2093
+    h.p(tcp(PISN, b"", "SA"), "p-syn")
+    h.s(tcp(sisn, b"", "SA"), "s-syn")
+    h.p(tcp(PISN + 1, b"token=1234;"), "p1")
+    h.s(tcp(sisn + 1, b"token=9876;"), "s1")
+    assert [r.reason for r in h.requests] == [Reason.PAYLOAD_MISMATCH]
+    h.checkpoint_done()
+    body = counter_bytes(40, 9)
+    if first == "primary":
+        h.p(tcp(PISN + 12, body), "p2")
+        h.s(tcp(sisn + 12, body), "s2")
+    else:
+        h.s(tcp(sisn + 12, body), "s2")
+        h.p(tcp(PISN + 12, body), "p2")
+    assert len(h.requests) == 1
+    assert h.released[-1] == "p2"
+    h.assert_consistent()
