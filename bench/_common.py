@@ -303,3 +303,17 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (``p`` in 0..1) of ``values``; NaN when empty."""
+    if not values:
+        return float("nan")
+    data = sorted(values)
+    return data[max(0, min(len(data) - 1, math.ceil(p * len(data)) - 1))]
+
+
+def load_line() -> str:
+    """The load average now, for the record of a run on a shared machine."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} CPUs)"

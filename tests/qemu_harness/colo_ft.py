@@ -52,15 +52,24 @@ the other.
 
 Use it as a context manager. ``client(func)`` runs ``func`` in a thread inside the
 client namespace; sockets it opens belong to that namespace.
+
+More services (``ColoFtSpec.extra_services``) run next to the HTTP one in both guest
+namespaces; ``echo_service()`` is a deterministic TCP and UDP echo for them
+(``python -m qemu_harness.colo_ft echo``). With ``ColoFtSpec.events`` colo-proxy
+writes its JSON event stream (docs/datapaths.md, "Event stream") to ``events_path``,
+and ``proxy_events()`` reads it.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
@@ -70,7 +79,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
@@ -111,6 +120,63 @@ class ColoFtSpec:
     own SYN-ACKs carried (``tcp_check_req``).  When the two stacks' clocks differ by a
     millisecond at the SYN-ACK, the SVM's connection never leaves SYN-RECV (seen here:
     the SVM answered the ACK with a bare ACK, then with RSTs)."""
+    extra_services: tuple[tuple[str, ...], ...] = ()
+    """More services, each started in the PVM and the SVM namespaces after ``service``,
+    with the same readiness rule (e.g. ``echo_service()``)."""
+    events: bool = False
+    """colo-proxy only: ``--events`` to ``GuestlessColo.events_path`` (read it with
+    ``proxy_events()``); add ``--stats-interval`` through ``proxy_args``."""
+
+
+ECHO_TCP_PORT = 7
+ECHO_UDP_PORT = 7
+
+
+def echo_service(tcp_port: int = ECHO_TCP_PORT,
+                 udp_port: int = ECHO_UDP_PORT) -> tuple[str, ...]:
+    """The argv of a deterministic TCP and UDP echo service (``serve_echo``)."""
+    return (sys.executable, "-m", "qemu_harness.colo_ft", "echo",
+            "--tcp", str(tcp_port), "--udp", str(udp_port))
+
+
+class _EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := sock.recv(65536):
+            sock.sendall(data)
+
+
+class _EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve_echo(tcp_port: int, udp_port: int) -> None:
+    """Echo every TCP byte and every UDP datagram back, as received (one send per
+    receive), until SIGTERM; prints ``listening ...`` once both sockets are bound."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    server = _EchoServer(("0.0.0.0", tcp_port), _EchoHandler)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    udp.bind(("0.0.0.0", udp_port))
+
+    def udp_echo() -> None:
+        while True:
+            data, peer = udp.recvfrom(65536)
+            udp.sendto(data, peer)
+
+    threading.Thread(target=udp_echo, daemon=True).start()
+    print(f"listening tcp:{tcp_port} udp:{udp_port}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+        udp.close()
 
 
 def colo_proxy_run_argv() -> list[str]:
@@ -145,6 +211,9 @@ class GuestlessColo:
         self._dir = Path(tempfile.mkdtemp(prefix=f"colo-ft-{prefix}-"))
         self.proxy_log = self._dir / "colo-proxy.log"
         """colo-proxy's output; removed by ``stop`` (read it with ``proxy_output`` first)."""
+        self.events_path = self._dir / "colo-proxy-events.jsonl"
+        """colo-proxy's ``--events`` output when ``spec.events`` is set; removed by
+        ``stop`` like the log (read it with ``proxy_events`` first)."""
         self.services: list[subprocess.Popen[bytes]] = []
         self.checkpoints = 0
         """DO_CHECKPOINT messages received on notify_dev."""
@@ -179,8 +248,9 @@ class GuestlessColo:
         self._wire_namespaces()
         self._connect_notify(ports["ntf"])
         self._wait_chardevs()
-        for ns in (self.ns_pvm, self.ns_svm):
-            self._start_service(ns)
+        for service in (self.spec.service, *self.spec.extra_services):
+            for ns in (self.ns_pvm, self.ns_svm):
+                self._start_service(ns, service=service)
 
     def _start_proxy(self, ports: dict[str, int]) -> None:
         argv = [*colo_proxy_run_argv(),
@@ -190,6 +260,9 @@ class GuestlessColo:
                 "--notify-dev", f"tcp:{HOST}:{ports['ntf']},server",
                 "--compare-timeout", str(self.spec.compare_timeout_ms),
                 *self.spec.proxy_args]
+        if self.spec.events:
+            self.events_path.unlink(missing_ok=True)
+            argv += ["--events", str(self.events_path)]
         with open(self.proxy_log, "wb") as log:
             self.proxy = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT)
@@ -331,9 +404,11 @@ class GuestlessColo:
                 raise ColoError(f"chardevs not connected: {waiting}")
             time.sleep(0.05)
 
-    def _start_service(self, ns: str, timeout: float = 20.0) -> None:
+    def _start_service(self, ns: str, timeout: float = 20.0,
+                       service: tuple[str, ...] | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *self.spec.service],
+        argv = service if service is not None else self.spec.service
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, env=env)
         self.services.append(proc)
@@ -358,6 +433,23 @@ class GuestlessColo:
             return self.proxy_log.read_text(errors="replace")
         except OSError:
             return ""
+
+    def proxy_events(self) -> list[dict[str, Any]]:
+        """colo-proxy's events so far, in order ([] with colo-compare or without
+        ``spec.events``).  A last line still being written is left out."""
+        if self.spec.compare != "colo-proxy" or not self.spec.events:
+            return []
+        try:
+            text = self.events_path.read_text(errors="replace")
+        except OSError:
+            return []
+        events = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    events.append(event)
+        return events
 
     def stop(self) -> None:
         """Stop everything started, in reverse order; safe to call more than once."""
@@ -405,3 +497,17 @@ class GuestlessColo:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="services for the guestless COLO topology")
+    sub = parser.add_subparsers(dest="service", required=True)
+    echo = sub.add_parser("echo", help="TCP and UDP echo (serve_echo)")
+    echo.add_argument("--tcp", type=int, default=ECHO_TCP_PORT)
+    echo.add_argument("--udp", type=int, default=ECHO_UDP_PORT)
+    args = parser.parse_args(argv)
+    serve_echo(args.tcp, args.udp)
+
+
+if __name__ == "__main__":
+    _main()
