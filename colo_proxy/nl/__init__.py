@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .constants import Cmd, GoneReason, Mode, Reason, State
     from .errors import ColoNetlinkError, FamilyMissingError
     from .events import ColoEvents, EventsOverrun
-    from .model import CheckpointRequestEvent, Event, FlowTuple, Node, NodeGoneEvent
+    from .model import CheckpointNeededEvent, Event, FlowTuple, Node, NodeGoneEvent
 
 _WHERE = {
     "ColoClient": "client",
@@ -30,7 +30,7 @@ _WHERE = {
     "FamilyMissingError": "errors",
     "ColoEvents": "events",
     "EventsOverrun": "events",
-    "CheckpointRequestEvent": "model",
+    "CheckpointNeededEvent": "model",
     "Event": "model",
     "FlowTuple": "model",
     "Node": "model",
@@ -38,7 +38,7 @@ _WHERE = {
 }
 
 __all__ = [
-    "CheckpointRequestEvent",
+    "CheckpointNeededEvent",
     "Cmd",
     "ColoClient",
     "ColoEvents",

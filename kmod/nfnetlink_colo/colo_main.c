@@ -5,7 +5,7 @@
  * Registers the "colo" Generic Netlink family (colo.yaml): per network
  * namespace COLO nodes (one protected VM each, primary or secondary) that
  * userspace creates, checkpoints, fails over and destroys, and an "events"
- * multicast group carrying checkpoint-request and node-gone.
+ * multicast group carrying checkpoint-needed and node-gone.
  *
  * Unloading while nodes exist is safe: every node is destroyed (node-gone,
  * reason module-unload) before the family goes away.
