@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .client import ColoClient
-    from .constants import Cmd, GoneReason, Mode, Reason, State
+    from .constants import Cmd, GoneReason, Mode, OwnerLoss, Reason, State
     from .errors import ColoNetlinkError, FamilyMissingError
     from .events import ColoEvents, EventsOverrun
     from .model import CheckpointNeededEvent, Event, FlowTuple, Node, NodeGoneEvent
@@ -24,6 +24,7 @@ _WHERE = {
     "Cmd": "constants",
     "GoneReason": "constants",
     "Mode": "constants",
+    "OwnerLoss": "constants",
     "Reason": "constants",
     "State": "constants",
     "ColoNetlinkError": "errors",
@@ -51,6 +52,7 @@ __all__ = [
     "Mode",
     "Node",
     "NodeGoneEvent",
+    "OwnerLoss",
     "Reason",
     "State",
 ]

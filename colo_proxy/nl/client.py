@@ -16,7 +16,7 @@ from pyroute2.netlink.generic import GenericNetlinkSocket
 
 from ..errors import ColoError
 from .codec import decode_node, request
-from .constants import FAMILY_NAME, Cmd, Mode, Reason
+from .constants import FAMILY_NAME, Cmd, Mode, OwnerLoss, Reason
 from .errors import ColoNetlinkError, FamilyMissingError
 from .messages import colo_msg
 from .model import FlowTuple, Node
@@ -153,9 +153,40 @@ class ColoClient:
         return decode_node(replies[0])
 
     # -- operations --------------------------------------------------------
-    def proxy_init(self, mode: Mode | int | str, index: int | None = None) -> Node:
-        """Create a node owned by this socket; without ``index`` the kernel picks one."""
-        return self._one(Cmd.PROXY_INIT, mode=_mode(mode), index=index)
+    def proxy_init(
+        self,
+        mode: Mode | int | str,
+        index: int | None = None,
+        *,
+        tap_ifindex: int | None = None,
+        fwd_ifindex: int | None = None,
+        max_held_packets: int | None = None,
+        max_held_bytes: int | None = None,
+        hold_timeout_ms: int | None = None,
+        max_connections: int | None = None,
+        owner_loss: OwnerLoss | int | str | None = None,
+    ) -> Node:
+        """Create a node owned by this socket; without ``index`` the kernel picks one.
+
+        A primary node given ``tap_ifindex`` (the PVM's tap) and ``fwd_ifindex`` (the
+        forward device carrying the SVM's output) gets the in-kernel datapath; the
+        limits and ``owner_loss`` (release or drop held PVM frames on node loss) are
+        optional, the kernel has defaults.
+        """
+        if isinstance(owner_loss, str):
+            owner_loss = OwnerLoss(OwnerLoss.parse(owner_loss))
+        return self._one(
+            Cmd.PROXY_INIT,
+            mode=_mode(mode),
+            index=index,
+            tap_ifindex=tap_ifindex,
+            fwd_ifindex=fwd_ifindex,
+            max_held_packets=max_held_packets,
+            max_held_bytes=max_held_bytes,
+            hold_timeout_ms=hold_timeout_ms,
+            max_connections=max_connections,
+            owner_loss=owner_loss,
+        )
 
     def proxy_reset(self, index: int) -> None:
         self._ack(Cmd.PROXY_RESET, index=index)

@@ -7,7 +7,15 @@ from typing import Any
 
 from .constants import FAMILY_VERSION, Cmd, GoneReason, Mode, Reason, State
 from .messages import colo_msg
-from .model import STATS_FIELDS, CheckpointNeededEvent, Event, FlowTuple, Node, NodeGoneEvent
+from .model import (
+    DP_STATS_FIELDS,
+    STATS_FIELDS,
+    CheckpointNeededEvent,
+    Event,
+    FlowTuple,
+    Node,
+    NodeGoneEvent,
+)
 
 NLA_F_NESTED = 0x8000
 
@@ -57,15 +65,20 @@ def _enum(cls: Any, value: Any, default: int = 0) -> Any:
         return raw  # a newer kernel's value: keep the number rather than fail
 
 
-def decode_stats(nest: Any) -> dict[str, int]:
+def decode_stats(nest: Any, fields: tuple[str, ...] = STATS_FIELDS) -> dict[str, int]:
     if nest is None:
         return {}
     stats: dict[str, int] = {}
-    for name in STATS_FIELDS:
+    for name in fields:
         value = nest.get_attr("COLO_A_STATS_" + name.upper().replace("-", "_"))
         if value is not None:
-            stats[name] = int(value)
+            stats[name.removeprefix("dp-")] = int(value)
     return stats
+
+
+def decode_dp_stats(nest: Any) -> dict[str, int]:
+    """The datapath's figures of a ``stats`` nest, keyed without the ``dp-`` prefix."""
+    return decode_stats(nest, DP_STATS_FIELDS)
 
 
 def decode_tuple(nest: Any) -> FlowTuple | None:
@@ -101,6 +114,7 @@ def decode_node(msg: Any) -> Node:
         state=_enum(State, msg.get_attr("COLO_A_NODE_STATE")),
         owner=int(msg.get_attr("COLO_A_NODE_OWNER") or 0),
         stats=decode_stats(msg.get_attr("COLO_A_NODE_STATS")),
+        dp_stats=decode_dp_stats(msg.get_attr("COLO_A_NODE_STATS")),
     )
 
 
@@ -125,5 +139,6 @@ def decode_event(msg: Any) -> Event | None:
             mode=mode,
             reason=_enum(GoneReason, msg.get_attr("COLO_A_NODE_GONE_REASON")),
             stats=decode_stats(msg.get_attr("COLO_A_NODE_STATS")),
+            dp_stats=decode_dp_stats(msg.get_attr("COLO_A_NODE_STATS")),
         )
     return None

@@ -65,6 +65,12 @@ class GoneReason(_Named):
     OWNER_RELEASED = 2
     NETNS_EXIT = 3
     MODULE_UNLOAD = 4
+    DEVICE_GONE = 5
+
+
+class OwnerLoss(_Named):
+    RELEASE = 0
+    DROP = 1
 
 
 class Cmd(_Named):
@@ -86,5 +92,6 @@ ENUMS: dict[str, type[_Named]] = {
     "state": State,
     "reason": Reason,
     "gone-reason": GoneReason,
+    "owner-loss": OwnerLoss,
 }
 """YAML enum name -> Python enum."""

@@ -24,6 +24,18 @@ class stats_attrs(nla):  # type: ignore[misc]
         (6, "COLO_A_STATS_FAILOVERS", "uint64"),
         (7, "COLO_A_STATS_RESETS", "uint64"),
         (8, "COLO_A_STATS_PAD", "none"),
+        (9, "COLO_A_STATS_DP_CAPTURED", "uint64"),
+        (10, "COLO_A_STATS_DP_RELEASED", "uint64"),
+        (11, "COLO_A_STATS_DP_SVM_FRAMES", "uint64"),
+        (12, "COLO_A_STATS_DP_MATCHED", "uint64"),
+        (13, "COLO_A_STATS_DP_MISMATCHES", "uint64"),
+        (14, "COLO_A_STATS_DP_UNCOMPARED", "uint64"),
+        (15, "COLO_A_STATS_DP_CONTROL_PASSED", "uint64"),
+        (16, "COLO_A_STATS_DP_DROPPED", "uint64"),
+        (17, "COLO_A_STATS_DP_FLUSHED", "uint64"),
+        (18, "COLO_A_STATS_DP_HELD_PACKETS", "uint64"),
+        (19, "COLO_A_STATS_DP_HELD_BYTES", "uint64"),
+        (20, "COLO_A_STATS_DP_CONNECTIONS", "uint64"),
     )
 
 
@@ -59,6 +71,13 @@ class colo_msg(genlmsg):  # type: ignore[misc]
         (8, "COLO_A_NODE_GONE_REASON", "uint8"),
         (9, "COLO_A_NODE_PAD", "none"),
         (10, "COLO_A_NODE_ID", "uint64"),
+        (11, "COLO_A_NODE_TAP_IFINDEX", "uint32"),
+        (12, "COLO_A_NODE_FWD_IFINDEX", "uint32"),
+        (13, "COLO_A_NODE_MAX_HELD_PACKETS", "uint32"),
+        (14, "COLO_A_NODE_MAX_HELD_BYTES", "uint32"),
+        (15, "COLO_A_NODE_HOLD_TIMEOUT_MS", "uint32"),
+        (16, "COLO_A_NODE_MAX_CONNECTIONS", "uint32"),
+        (17, "COLO_A_NODE_OWNER_LOSS", "uint8"),
     )
 
     stats = stats_attrs

@@ -22,6 +22,23 @@ STATS_FIELDS = (
     "resets",
 )
 
+DP_STATS_FIELDS = (
+    "dp-captured",
+    "dp-released",
+    "dp-svm-frames",
+    "dp-matched",
+    "dp-mismatches",
+    "dp-uncompared",
+    "dp-control-passed",
+    "dp-dropped",
+    "dp-flushed",
+    "dp-held-packets",
+    "dp-held-bytes",
+    "dp-connections",
+)
+"""The primary datapath's counters and levels (``stats`` nest; names without ``dp-`` in
+``Node.dp_stats``).  All 0 on a node without a datapath."""
+
 VLAN_ID_MAX = 4095
 
 
@@ -113,6 +130,8 @@ class Node:
     state: State
     owner: int
     stats: dict[str, int] = field(default_factory=dict)
+    # The primary datapath's figures (DP_STATS_FIELDS without "dp-"); not part of equality.
+    dp_stats: dict[str, int] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +141,7 @@ class Node:
             "state": str(self.state),
             "owner": self.owner,
             "stats": dict(self.stats),
+            "dp_stats": dict(self.dp_stats),
         }
 
 
@@ -145,6 +165,9 @@ class NodeGoneEvent:
     mode: Mode
     reason: GoneReason
     stats: dict[str, int] = field(default_factory=dict)
+    # The datapath's final figures (dp-flushed: held PVM frames let go at loss).  Not
+    # part of equality: an event is identified by its node, reason and control counters.
+    dp_stats: dict[str, int] = field(default_factory=dict, compare=False)
 
 
 Event = CheckpointNeededEvent | NodeGoneEvent

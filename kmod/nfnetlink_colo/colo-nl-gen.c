@@ -17,6 +17,21 @@ static struct netlink_range_validation colo_a_node_index_range __ro_after_init =
 	.max	= 65535ULL,
 };
 
+static struct netlink_range_validation colo_a_node_max_held_packets_range __ro_after_init = {
+	.min	= 1ULL,
+	.max	= 1048576ULL,
+};
+
+static struct netlink_range_validation colo_a_node_hold_timeout_ms_range __ro_after_init = {
+	.min	= 1ULL,
+	.max	= 3600000ULL,
+};
+
+static struct netlink_range_validation colo_a_node_max_connections_range __ro_after_init = {
+	.min	= 1ULL,
+	.max	= 1048576ULL,
+};
+
 /* Nested set tuple */
 const struct nla_policy colo_tuple_nl_policy[COLO_A_TUPLE_VLAN + 1] = {
 	[COLO_A_TUPLE_FAMILY] = { .type = NLA_U8, },
@@ -31,9 +46,16 @@ const struct nla_policy colo_tuple_nl_policy[COLO_A_TUPLE_VLAN + 1] = {
 };
 
 /* COLO_CMD_PROXY_INIT - do */
-static const struct nla_policy colo_proxy_init_nl_policy[COLO_A_NODE_MODE + 1] = {
+static const struct nla_policy colo_proxy_init_nl_policy[COLO_A_NODE_OWNER_LOSS + 1] = {
 	[COLO_A_NODE_MODE] = NLA_POLICY_MAX(NLA_U8, 2),
 	[COLO_A_NODE_INDEX] = NLA_POLICY_FULL_RANGE(NLA_U32, &colo_a_node_index_range),
+	[COLO_A_NODE_TAP_IFINDEX] = NLA_POLICY_MIN(NLA_U32, 1),
+	[COLO_A_NODE_FWD_IFINDEX] = NLA_POLICY_MIN(NLA_U32, 1),
+	[COLO_A_NODE_MAX_HELD_PACKETS] = NLA_POLICY_FULL_RANGE(NLA_U32, &colo_a_node_max_held_packets_range),
+	[COLO_A_NODE_MAX_HELD_BYTES] = NLA_POLICY_MIN(NLA_U32, 1),
+	[COLO_A_NODE_HOLD_TIMEOUT_MS] = NLA_POLICY_FULL_RANGE(NLA_U32, &colo_a_node_hold_timeout_ms_range),
+	[COLO_A_NODE_MAX_CONNECTIONS] = NLA_POLICY_FULL_RANGE(NLA_U32, &colo_a_node_max_connections_range),
+	[COLO_A_NODE_OWNER_LOSS] = NLA_POLICY_MAX(NLA_U8, 1),
 };
 
 /* COLO_CMD_PROXY_RESET - do */
@@ -85,7 +107,7 @@ static const struct genl_ops colo_nl_ops[] = {
 		.cmd		= COLO_CMD_PROXY_INIT,
 		.doit		= colo_nl_proxy_init_doit,
 		.policy		= colo_proxy_init_nl_policy,
-		.maxattr	= COLO_A_NODE_MODE,
+		.maxattr	= COLO_A_NODE_OWNER_LOSS,
 		.flags		= GENL_UNS_ADMIN_PERM,
 	},
 	{

@@ -54,6 +54,8 @@
 
 #include "colo-nl-gen.h"
 
+struct colo_dp;
+
 #define COLO_INDEX_MIN		1
 #define COLO_INDEX_MAX		65535
 /* Per-netns node cap so userspace cannot exhaust kernel memory (-ENOSPC). */
@@ -65,6 +67,16 @@ enum colo_pcpu_counter {
 	COLO_PCPU_REQUESTS_SUPPRESSED,
 	COLO_PCPU_REQUESTS_RESENT,
 	COLO_PCPU_REQUESTS_LOST,
+	/* the primary datapath (colo_dp.c) */
+	COLO_PCPU_DP_CAPTURED,
+	COLO_PCPU_DP_RELEASED,
+	COLO_PCPU_DP_SVM_FRAMES,
+	COLO_PCPU_DP_MATCHED,
+	COLO_PCPU_DP_MISMATCHES,
+	COLO_PCPU_DP_UNCOMPARED,
+	COLO_PCPU_DP_CONTROL_PASSED,
+	COLO_PCPU_DP_DROPPED,
+	COLO_PCPU_DP_FLUSHED,
 	COLO_PCPU_NR
 };
 
@@ -81,6 +93,19 @@ struct colo_stats {
 	u64 requests_lost;
 	u64 failovers;
 	u64 resets;
+	/* the primary datapath (colo_dp.c); the last three are levels, not counts */
+	u64 dp_captured;
+	u64 dp_released;
+	u64 dp_svm_frames;
+	u64 dp_matched;
+	u64 dp_mismatches;
+	u64 dp_uncompared;
+	u64 dp_control_passed;
+	u64 dp_dropped;
+	u64 dp_flushed;
+	u64 dp_held_packets;
+	u64 dp_held_bytes;
+	u64 dp_connections;
 };
 
 /* The connection a checkpoint request is about, in host form. */
@@ -136,6 +161,9 @@ struct colo_node {
 	u64 pcpu_base[COLO_PCPU_NR];	/* per-CPU sums at the last reset */
 
 	struct colo_pcpu_stats __percpu *pcpu;
+
+	/* The primary datapath, if attached: RTNL for writers, RCU for readers (colo_dp.h). */
+	struct colo_dp __rcu *dp;
 };
 
 struct colo_net {
@@ -167,6 +195,8 @@ struct colo_node *colo_node_get(struct colo_net *cn, u32 index);
 void colo_node_put(struct colo_node *node);
 void colo_node_snapshot(struct colo_node *node, struct colo_node_info *ni);
 void colo_node_count(struct colo_node *node, enum colo_pcpu_counter c);
+void colo_node_add(struct colo_node *node, enum colo_pcpu_counter c, u64 n);
+void colo_node_kill(struct colo_node *node, u8 gone_reason);
 void colo_node_reset_counters(struct colo_node *node);
 int colo_node_request_checkpoint(struct colo_node *node, u8 reason,
 				 const struct colo_tuple *tuple, gfp_t gfp);

@@ -20,13 +20,14 @@
 #include <net/sock.h>
 
 #include "colo_core.h"
+#include "colo_dp.h"
 
 /* ---- message building --------------------------------------------------- */
 
 static size_t colo_stats_size(void)
 {
 	return nla_total_size(0) +			/* nest */
-	       7 * nla_total_size_64bit(sizeof(u64));
+	       19 * nla_total_size_64bit(sizeof(u64));
 }
 
 static size_t colo_tuple_size(void)
@@ -68,6 +69,25 @@ static int colo_put_stats(struct sk_buff *skb, const struct colo_stats *st)
 	    nla_put_u64_64bit(skb, COLO_A_STATS_FAILOVERS, st->failovers,
 			      COLO_A_STATS_PAD) ||
 	    nla_put_u64_64bit(skb, COLO_A_STATS_RESETS, st->resets,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_CAPTURED, st->dp_captured, COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_RELEASED, st->dp_released, COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_SVM_FRAMES, st->dp_svm_frames,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_MATCHED, st->dp_matched, COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_MISMATCHES, st->dp_mismatches,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_UNCOMPARED, st->dp_uncompared,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_CONTROL_PASSED, st->dp_control_passed,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_DROPPED, st->dp_dropped, COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_FLUSHED, st->dp_flushed, COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_HELD_PACKETS, st->dp_held_packets,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_HELD_BYTES, st->dp_held_bytes,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_CONNECTIONS, st->dp_connections,
 			      COLO_A_STATS_PAD)) {
 		nla_nest_cancel(skb, nest);
 		return -EMSGSIZE;
@@ -271,22 +291,86 @@ nospace:
 
 /* ---- operations ----------------------------------------------------------- */
 
+static u32 colo_attr_u32(struct genl_info *info, int type, u32 def)
+{
+	return info->attrs[type] ? nla_get_u32(info->attrs[type]) : def;
+}
+
+/* The datapath attributes of proxy-init; returns 1 if a datapath is asked for. */
+static int colo_parse_dp(struct genl_info *info, u8 mode, struct colo_dp_cfg *cfg)
+{
+	struct nlattr *tap = info->attrs[COLO_A_NODE_TAP_IFINDEX];
+	struct nlattr *fwd = info->attrs[COLO_A_NODE_FWD_IFINDEX];
+	static const int caps[] = {
+		COLO_A_NODE_MAX_HELD_PACKETS, COLO_A_NODE_MAX_HELD_BYTES,
+		COLO_A_NODE_HOLD_TIMEOUT_MS, COLO_A_NODE_MAX_CONNECTIONS,
+		COLO_A_NODE_OWNER_LOSS,
+	};
+	int i;
+
+	if (!tap && !fwd) {
+		for (i = 0; i < ARRAY_SIZE(caps); i++)
+			if (info->attrs[caps[i]]) {
+				NL_SET_ERR_MSG_ATTR(info->extack, info->attrs[caps[i]],
+						    "datapath limits need tap-ifindex and fwd-ifindex");
+				return -EINVAL;
+			}
+		return 0;
+	}
+	if (!tap || !fwd) {
+		NL_SET_ERR_MSG_ATTR(info->extack, tap ?: fwd,
+				    "tap-ifindex and fwd-ifindex go together");
+		return -EINVAL;
+	}
+	if (mode != COLO_MODE_PRIMARY) {
+		NL_SET_ERR_MSG_ATTR(info->extack, tap, "the datapath is for a primary node");
+		return -EINVAL;
+	}
+	cfg->tap_ifindex = nla_get_u32(tap);
+	cfg->fwd_ifindex = nla_get_u32(fwd);
+	cfg->max_held_packets = colo_attr_u32(info, COLO_A_NODE_MAX_HELD_PACKETS,
+					      COLO_DP_DEF_MAX_HELD_PACKETS);
+	cfg->max_held_bytes = colo_attr_u32(info, COLO_A_NODE_MAX_HELD_BYTES,
+					    COLO_DP_DEF_MAX_HELD_BYTES);
+	cfg->hold_timeout_ms = colo_attr_u32(info, COLO_A_NODE_HOLD_TIMEOUT_MS,
+					     COLO_DP_DEF_HOLD_TIMEOUT_MS);
+	cfg->max_connections = colo_attr_u32(info, COLO_A_NODE_MAX_CONNECTIONS,
+					     COLO_DP_DEF_MAX_CONNECTIONS);
+	cfg->owner_loss = info->attrs[COLO_A_NODE_OWNER_LOSS] ?
+			  nla_get_u8(info->attrs[COLO_A_NODE_OWNER_LOSS]) : COLO_OWNER_LOSS_RELEASE;
+	return 1;
+}
+
 int colo_nl_proxy_init_doit(struct sk_buff *skb, struct genl_info *info)
 {
 	struct nlattr *index_attr = info->attrs[COLO_A_NODE_INDEX];
+	struct colo_dp_cfg cfg;
 	struct colo_node *node;
-	int err;
+	int err, want_dp;
+	u8 mode;
 
 	if (GENL_REQ_ATTR_CHECK(info, COLO_A_NODE_MODE))
 		return -EINVAL;
+	mode = nla_get_u8(info->attrs[COLO_A_NODE_MODE]);
+	want_dp = colo_parse_dp(info, mode, &cfg);
+	if (want_dp < 0)
+		return want_dp;
 	err = colo_node_create(genl_info_net(info),
 			       index_attr ? nla_get_u32(index_attr) : 0,
-			       nla_get_u8(info->attrs[COLO_A_NODE_MODE]),
-			       info->snd_portid, &node, info->extack);
+			       mode, info->snd_portid, &node, info->extack);
 	if (err) {
 		if (err == -EEXIST)
 			NL_SET_BAD_ATTR(info->extack, index_attr);
 		return err;
+	}
+	if (want_dp) {
+		err = colo_dp_attach(node, &cfg, info->extack);
+		if (err) {
+			/* The node never existed for the caller (node-gone: destroyed). */
+			colo_node_kill(node, COLO_GONE_REASON_DESTROYED);
+			colo_node_put(node);
+			return err;
+		}
 	}
 	/*
 	 * If the reply cannot be sent the node stays: it belongs to the
@@ -334,6 +418,8 @@ int colo_nl_do_checkpoint_doit(struct sk_buff *skb, struct genl_info *info)
 		node->state = COLO_STATE_ACTIVE;	/* clears checkpoint-pending */
 	}
 	spin_unlock_bh(&node->lock);
+	if (!err)
+		colo_dp_checkpoint(node);	/* release held PVM frames, drop SVM's */
 out:
 	colo_node_put(node);
 	return err;

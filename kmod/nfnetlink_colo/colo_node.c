@@ -31,6 +31,7 @@
 #include <net/netns/generic.h>
 
 #include "colo_core.h"
+#include "colo_dp.h"
 
 unsigned int colo_resend_ms __read_mostly = 1000;
 module_param_named(resend_ms, colo_resend_ms, uint, 0644);
@@ -89,17 +90,22 @@ void colo_node_put(struct colo_node *node)
 		call_rcu(&node->rcu, colo_node_free_rcu);
 }
 
-/* Bump a per-CPU counter; any context but hard IRQ, with or without node->lock. */
-void colo_node_count(struct colo_node *node, enum colo_pcpu_counter c)
+/* Add to a per-CPU counter; any context but hard IRQ, with or without node->lock. */
+void colo_node_add(struct colo_node *node, enum colo_pcpu_counter c, u64 n)
 {
 	struct colo_pcpu_stats *s;
 
 	local_bh_disable();
 	s = this_cpu_ptr(node->pcpu);
 	u64_stats_update_begin(&s->syncp);
-	u64_stats_inc(&s->c[c]);
+	u64_stats_add(&s->c[c], n);
 	u64_stats_update_end(&s->syncp);
 	local_bh_enable();
+}
+
+void colo_node_count(struct colo_node *node, enum colo_pcpu_counter c)
+{
+	colo_node_add(node, c, 1);
 }
 
 static void colo_pcpu_sum(struct colo_node *node, u64 *sum)
@@ -144,6 +150,16 @@ void colo_node_snapshot(struct colo_node *node, struct colo_node_info *ni)
 	ni->stats.requests_suppressed = sum[COLO_PCPU_REQUESTS_SUPPRESSED];
 	ni->stats.requests_resent = sum[COLO_PCPU_REQUESTS_RESENT];
 	ni->stats.requests_lost = sum[COLO_PCPU_REQUESTS_LOST];
+	ni->stats.dp_captured = sum[COLO_PCPU_DP_CAPTURED];
+	ni->stats.dp_released = sum[COLO_PCPU_DP_RELEASED];
+	ni->stats.dp_svm_frames = sum[COLO_PCPU_DP_SVM_FRAMES];
+	ni->stats.dp_matched = sum[COLO_PCPU_DP_MATCHED];
+	ni->stats.dp_mismatches = sum[COLO_PCPU_DP_MISMATCHES];
+	ni->stats.dp_uncompared = sum[COLO_PCPU_DP_UNCOMPARED];
+	ni->stats.dp_control_passed = sum[COLO_PCPU_DP_CONTROL_PASSED];
+	ni->stats.dp_dropped = sum[COLO_PCPU_DP_DROPPED];
+	ni->stats.dp_flushed = sum[COLO_PCPU_DP_FLUSHED];
+	colo_dp_fill_stats(node, &ni->stats);
 }
 
 /* proxy-reset: zero the counters (per-CPU ones by moving their base), clear pending. */
@@ -273,6 +289,8 @@ static void colo_node_teardown(struct work_struct *work)
 	struct colo_node *node = container_of(to_rcu_work(work), struct colo_node, teardown);
 	struct colo_net *cn = colo_pernet(node->net);
 
+	/* The datapath first: held PVM frames go out, node-gone counts them. */
+	colo_dp_node_gone(node);
 	del_timer_sync(&node->resend);	/* `dying` keeps it from being re-armed */
 	colo_event_node_gone(node, node->gone_reason, GFP_KERNEL);
 	colo_node_put(node);
@@ -303,6 +321,16 @@ static bool colo_node_unlink_locked(struct colo_net *cn, struct colo_node *node,
 	INIT_RCU_WORK(&node->teardown, colo_node_teardown);
 	queue_rcu_work(colo_wq, &node->teardown);
 	return true;
+}
+
+/* Destroy @node (the datapath lost a device).  Any context; no-op if already unlinked. */
+void colo_node_kill(struct colo_node *node, u8 gone_reason)
+{
+	struct colo_net *cn = colo_pernet(node->net);
+
+	spin_lock_bh(&cn->lock);
+	colo_node_unlink_locked(cn, node, gone_reason);
+	spin_unlock_bh(&cn->lock);
 }
 
 /* Wait until every teardown queued for @cn (or all, @cn NULL) has run.  Sleeps. */

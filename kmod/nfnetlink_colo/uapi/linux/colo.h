@@ -41,6 +41,19 @@ enum colo_gone_reason {
 	COLO_GONE_REASON_OWNER_RELEASED,
 	COLO_GONE_REASON_NETNS_EXIT,
 	COLO_GONE_REASON_MODULE_UNLOAD,
+	COLO_GONE_REASON_DEVICE_GONE,
+};
+
+/*
+ * What a primary node's datapath does with the PVM frames it holds when the
+ * node is lost (destroyed, owner released, netns exit, module unload, a
+ * device going down): release them (the PVM is authoritative; the default)
+ * or drop them (fail closed).  Either way comparison stops and node-gone
+ * says the VM is unprotected.
+ */
+enum colo_owner_loss {
+	COLO_OWNER_LOSS_RELEASE,
+	COLO_OWNER_LOSS_DROP,
 };
 
 enum {
@@ -54,6 +67,13 @@ enum {
 	COLO_A_NODE_GONE_REASON,
 	COLO_A_NODE_PAD,
 	COLO_A_NODE_ID,
+	COLO_A_NODE_TAP_IFINDEX,
+	COLO_A_NODE_FWD_IFINDEX,
+	COLO_A_NODE_MAX_HELD_PACKETS,
+	COLO_A_NODE_MAX_HELD_BYTES,
+	COLO_A_NODE_HOLD_TIMEOUT_MS,
+	COLO_A_NODE_MAX_CONNECTIONS,
+	COLO_A_NODE_OWNER_LOSS,
 
 	__COLO_A_NODE_MAX,
 	COLO_A_NODE_MAX = (__COLO_A_NODE_MAX - 1)
@@ -68,6 +88,18 @@ enum {
 	COLO_A_STATS_FAILOVERS,
 	COLO_A_STATS_RESETS,
 	COLO_A_STATS_PAD,
+	COLO_A_STATS_DP_CAPTURED,
+	COLO_A_STATS_DP_RELEASED,
+	COLO_A_STATS_DP_SVM_FRAMES,
+	COLO_A_STATS_DP_MATCHED,
+	COLO_A_STATS_DP_MISMATCHES,
+	COLO_A_STATS_DP_UNCOMPARED,
+	COLO_A_STATS_DP_CONTROL_PASSED,
+	COLO_A_STATS_DP_DROPPED,
+	COLO_A_STATS_DP_FLUSHED,
+	COLO_A_STATS_DP_HELD_PACKETS,
+	COLO_A_STATS_DP_HELD_BYTES,
+	COLO_A_STATS_DP_CONNECTIONS,
 
 	__COLO_A_STATS_MAX,
 	COLO_A_STATS_MAX = (__COLO_A_STATS_MAX - 1)
