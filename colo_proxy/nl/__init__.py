@@ -14,23 +14,24 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .client import ColoClient
-    from .constants import Cmd, GoneReason, Mode, Reason, State
+    from .constants import Cmd, GoneReason, Mode, OwnerLoss, Reason, State
     from .errors import ColoNetlinkError, FamilyMissingError
     from .events import ColoEvents, EventsOverrun
-    from .model import CheckpointRequestEvent, Event, FlowTuple, Node, NodeGoneEvent
+    from .model import CheckpointNeededEvent, Event, FlowTuple, Node, NodeGoneEvent
 
 _WHERE = {
     "ColoClient": "client",
     "Cmd": "constants",
     "GoneReason": "constants",
     "Mode": "constants",
+    "OwnerLoss": "constants",
     "Reason": "constants",
     "State": "constants",
     "ColoNetlinkError": "errors",
     "FamilyMissingError": "errors",
     "ColoEvents": "events",
     "EventsOverrun": "events",
-    "CheckpointRequestEvent": "model",
+    "CheckpointNeededEvent": "model",
     "Event": "model",
     "FlowTuple": "model",
     "Node": "model",
@@ -38,7 +39,7 @@ _WHERE = {
 }
 
 __all__ = [
-    "CheckpointRequestEvent",
+    "CheckpointNeededEvent",
     "Cmd",
     "ColoClient",
     "ColoEvents",
@@ -51,6 +52,7 @@ __all__ = [
     "Mode",
     "Node",
     "NodeGoneEvent",
+    "OwnerLoss",
     "Reason",
     "State",
 ]

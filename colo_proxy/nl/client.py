@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -15,7 +16,7 @@ from pyroute2.netlink.generic import GenericNetlinkSocket
 
 from ..errors import ColoError
 from .codec import decode_node, request
-from .constants import FAMILY_NAME, Cmd, Mode, Reason
+from .constants import FAMILY_NAME, Cmd, Mode, OwnerLoss, Reason
 from .errors import ColoNetlinkError, FamilyMissingError
 from .messages import colo_msg
 from .model import FlowTuple, Node
@@ -40,11 +41,28 @@ def kernel_errors(op: str) -> Iterator[None]:
         raise ColoNetlinkError(op, exc.errno or errno.EIO, None) from None
 
 
+# Port ids the client binds to: disjoint from the kernel's autobind (the tgid, then
+# values from 0x80000000 up to 0xFFFFF000) and from pyroute2's (tgid + (20..199 << 22)).
+PORTID_MIN, PORTID_MAX = 0x40000000, 0x7FFFFFFF
+_BIND_TRIES = 8
+
+
+def fresh_portid() -> int:
+    """A random port id for a new socket (see ``open_family``)."""
+    return PORTID_MIN + secrets.randbelow(PORTID_MAX - PORTID_MIN + 1)
+
+
 def open_family(netns: str | None = None, **kwargs: Any) -> GenericNetlinkSocket:
     """A pyroute2 Generic Netlink socket bound to the colo family.
 
     ``netns`` names a namespace under /run/netns: the socket is created there
     and nodes made through it belong to that namespace.
+
+    The socket is bound to a fresh random port id.  A node's owner is (netns, port
+    id), and the kernel frees a closing socket's port id *before* its release
+    notifier destroys the socket's nodes; a socket reopened with the same port id
+    (what autobind and pyroute2 give a reopening thread) could lose its new nodes to
+    the old socket's release.  A random port id is never the one just closed.
     """
     try:
         # flags=0: never create the namespace (pyroute2 defaults to O_CREAT)
@@ -53,12 +71,21 @@ def open_family(netns: str | None = None, **kwargs: Any) -> GenericNetlinkSocket
         where = f" in netns {netns}" if netns else ""
         raise ColoError(f"cannot open a netlink socket{where}: {exc}") from None
     try:
-        sock.bind(FAMILY_NAME, colo_msg)
+        for attempt in range(_BIND_TRIES):
+            try:
+                sock.bind(FAMILY_NAME, colo_msg, pid=fresh_portid())
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt == _BIND_TRIES - 1:
+                    raise
     except NetlinkError as exc:
         sock.close()
         if exc.code == errno.ENOENT:
             raise FamilyMissingError from None
         raise ColoNetlinkError("family lookup", exc.code, extack_of(exc)) from None
+    except OSError as exc:
+        sock.close()
+        raise ColoNetlinkError("bind", exc.errno or errno.EIO) from None
     except BaseException:
         sock.close()
         raise
@@ -126,18 +153,51 @@ class ColoClient:
         return decode_node(replies[0])
 
     # -- operations --------------------------------------------------------
-    def proxy_init(self, mode: Mode | int | str, index: int | None = None) -> Node:
-        """Create a node owned by this socket; without ``index`` the kernel picks one."""
-        return self._one(Cmd.PROXY_INIT, mode=_mode(mode), index=index)
+    def proxy_init(
+        self,
+        mode: Mode | int | str,
+        index: int | None = None,
+        *,
+        tap_ifindex: int | None = None,
+        fwd_ifindex: int | None = None,
+        max_held_packets: int | None = None,
+        max_held_bytes: int | None = None,
+        hold_timeout_ms: int | None = None,
+        max_connections: int | None = None,
+        owner_loss: OwnerLoss | int | str | None = None,
+    ) -> Node:
+        """Create a node owned by this socket; without ``index`` the kernel picks one.
+
+        A primary node given ``tap_ifindex`` (the PVM's tap) and ``fwd_ifindex`` (the
+        forward device carrying the SVM's output) gets the in-kernel datapath; the
+        limits and ``owner_loss`` (release or drop held PVM frames on node loss) are
+        optional, the kernel has defaults.
+        """
+        if isinstance(owner_loss, str):
+            owner_loss = OwnerLoss(OwnerLoss.parse(owner_loss))
+        return self._one(
+            Cmd.PROXY_INIT,
+            mode=_mode(mode),
+            index=index,
+            tap_ifindex=tap_ifindex,
+            fwd_ifindex=fwd_ifindex,
+            max_held_packets=max_held_packets,
+            max_held_bytes=max_held_bytes,
+            hold_timeout_ms=hold_timeout_ms,
+            max_connections=max_connections,
+            owner_loss=owner_loss,
+        )
 
     def proxy_reset(self, index: int) -> None:
         self._ack(Cmd.PROXY_RESET, index=index)
 
-    def do_checkpoint(self, index: int, mode: Mode | int | str) -> None:
-        self._ack(Cmd.DO_CHECKPOINT, index=index, mode=_mode(mode))
+    def do_checkpoint(self, index: int, mode: Mode | int | str | None = None) -> None:
+        """The VMM completed a checkpoint; ``mode``, if given, must be the node's."""
+        self._ack(Cmd.DO_CHECKPOINT, index=index, mode=None if mode is None else _mode(mode))
 
-    def do_failover(self, index: int, mode: Mode | int | str = Mode.SECONDARY) -> None:
-        self._ack(Cmd.DO_FAILOVER, index=index, mode=_mode(mode))
+    def do_failover(self, index: int, mode: Mode | int | str | None = None) -> None:
+        """Fail over a secondary node; ``mode``, if given, must be secondary."""
+        self._ack(Cmd.DO_FAILOVER, index=index, mode=None if mode is None else _mode(mode))
 
     def get(self, index: int) -> Node:
         return self._one(Cmd.GET, index=index)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from .constants import FAMILY_VERSION, Cmd, GoneReason, Mode, Reason, State
 from .messages import colo_msg
-from .model import STATS_FIELDS, CheckpointRequestEvent, Event, FlowTuple, Node, NodeGoneEvent
+from .model import (
+    DP_STATS_FIELDS,
+    STATS_FIELDS,
+    CheckpointNeededEvent,
+    Event,
+    FlowTuple,
+    Node,
+    NodeGoneEvent,
+)
 
 NLA_F_NESTED = 0x8000
 
@@ -31,16 +40,20 @@ def request(cmd: Cmd, **attrs: Any) -> colo_msg:
 
 
 def encode_tuple(flow: FlowTuple) -> dict[str, Any]:
+    """The ``tuple`` nest, ctnetlink style (big-endian addresses and ports, AF_* family,
+    one ``vlan`` attribute per tag, outermost first)."""
+    flow.validate()
     attrs: list[tuple[str, Any]] = [
         ("COLO_A_TUPLE_FAMILY", flow.family),
         ("COLO_A_TUPLE_PROTO", flow.proto),
-        ("COLO_A_TUPLE_SRC", bytes(flow.src)),
-        ("COLO_A_TUPLE_DST", bytes(flow.dst)),
-        ("COLO_A_TUPLE_SPORT", flow.sport),
-        ("COLO_A_TUPLE_DPORT", flow.dport),
     ]
-    if flow.vlan is not None:
-        attrs.append(("COLO_A_TUPLE_VLAN", flow.vlan))
+    if flow.family == socket.AF_INET:
+        attrs += [("COLO_A_TUPLE_SRC4", int.from_bytes(flow.src, "big")),
+                  ("COLO_A_TUPLE_DST4", int.from_bytes(flow.dst, "big"))]
+    else:
+        attrs += [("COLO_A_TUPLE_SRC6", bytes(flow.src)), ("COLO_A_TUPLE_DST6", bytes(flow.dst))]
+    attrs += [("COLO_A_TUPLE_SPORT", flow.sport), ("COLO_A_TUPLE_DPORT", flow.dport)]
+    attrs += [("COLO_A_TUPLE_VLAN", vlan) for vlan in flow.vlans]
     return {"attrs": attrs}
 
 
@@ -52,15 +65,20 @@ def _enum(cls: Any, value: Any, default: int = 0) -> Any:
         return raw  # a newer kernel's value: keep the number rather than fail
 
 
-def decode_stats(nest: Any) -> dict[str, int]:
+def decode_stats(nest: Any, fields: tuple[str, ...] = STATS_FIELDS) -> dict[str, int]:
     if nest is None:
         return {}
     stats: dict[str, int] = {}
-    for name in STATS_FIELDS:
+    for name in fields:
         value = nest.get_attr("COLO_A_STATS_" + name.upper().replace("-", "_"))
         if value is not None:
-            stats[name] = int(value)
+            stats[name.removeprefix("dp-")] = int(value)
     return stats
+
+
+def decode_dp_stats(nest: Any) -> dict[str, int]:
+    """The datapath's figures of a ``stats`` nest, keyed without the ``dp-`` prefix."""
+    return decode_stats(nest, DP_STATS_FIELDS)
 
 
 def decode_tuple(nest: Any) -> FlowTuple | None:
@@ -71,35 +89,44 @@ def decode_tuple(nest: Any) -> FlowTuple | None:
         value = nest.get_attr("COLO_A_TUPLE_" + name)
         return default if value is None else value
 
-    vlan = nest.get_attr("COLO_A_TUPLE_VLAN")
+    def addr(name: str) -> bytes:
+        v4 = nest.get_attr(f"COLO_A_TUPLE_{name}4")
+        if v4 is not None:
+            return int(v4).to_bytes(4, "big")
+        return bytes(get(f"{name}6", b""))
+
     return FlowTuple(
         family=int(get("FAMILY")),
         proto=int(get("PROTO")),
-        src=bytes(get("SRC", b"")),
-        dst=bytes(get("DST", b"")),
+        src=addr("SRC"),
+        dst=addr("DST"),
         sport=int(get("SPORT")),
         dport=int(get("DPORT")),
-        vlan=None if vlan is None else int(vlan),
+        vlans=tuple(int(v) for v in nest.get_attrs("COLO_A_TUPLE_VLAN")),
     )
 
 
 def decode_node(msg: Any) -> Node:
     return Node(
+        id=int(msg.get_attr("COLO_A_NODE_ID") or 0),
         index=int(msg.get_attr("COLO_A_NODE_INDEX") or 0),
         mode=_enum(Mode, msg.get_attr("COLO_A_NODE_MODE")),
         state=_enum(State, msg.get_attr("COLO_A_NODE_STATE")),
         owner=int(msg.get_attr("COLO_A_NODE_OWNER") or 0),
         stats=decode_stats(msg.get_attr("COLO_A_NODE_STATS")),
+        dp_stats=decode_dp_stats(msg.get_attr("COLO_A_NODE_STATS")),
     )
 
 
 def decode_event(msg: Any) -> Event | None:
     """A notification as a typed event; None for messages that are not events."""
     cmd = msg.get("cmd")
+    node_id = int(msg.get_attr("COLO_A_NODE_ID") or 0)
     index = int(msg.get_attr("COLO_A_NODE_INDEX") or 0)
     mode = _enum(Mode, msg.get_attr("COLO_A_NODE_MODE"))
-    if cmd == Cmd.CHECKPOINT_REQUEST:
-        return CheckpointRequestEvent(
+    if cmd == Cmd.CHECKPOINT_NEEDED:
+        return CheckpointNeededEvent(
+            id=node_id,
             index=index,
             mode=mode,
             reason=_enum(Reason, msg.get_attr("COLO_A_NODE_REASON")),
@@ -107,9 +134,11 @@ def decode_event(msg: Any) -> Event | None:
         )
     if cmd == Cmd.NODE_GONE:
         return NodeGoneEvent(
+            id=node_id,
             index=index,
             mode=mode,
             reason=_enum(GoneReason, msg.get_attr("COLO_A_NODE_GONE_REASON")),
             stats=decode_stats(msg.get_attr("COLO_A_NODE_STATS")),
+            dp_stats=decode_dp_stats(msg.get_attr("COLO_A_NODE_STATS")),
         )
     return None

@@ -29,12 +29,16 @@ class EventsOverrun(ColoError):
 
 
 class ColoEvents:
-    """Subscribe to checkpoint-request and node-gone notifications.
+    """Subscribe to checkpoint-needed and node-gone notifications.
 
     ``next(timeout)`` returns the next event or None when none arrives in time;
     iterating yields events until one ``timeout`` passes without any.  A full
     receive buffer raises EventsOverrun rather than silently losing events
-    (``rcvbuf`` raises the buffer size; root may exceed net.core.rmem_max).
+    (``rcvbuf`` raises the buffer size; root may exceed net.core.rmem_max); so does an
+    event the kernel could not build (it signals ENOBUFS to every listener).  After
+    EventsOverrun this object is unusable (pyroute2 closes the socket): open a new
+    ColoEvents, then resynchronise with ``ColoClient.dump()``; a node still
+    checkpoint-pending has its checkpoint-needed resent every resend interval.
     """
 
     def __init__(self, netns: str | None = None, rcvbuf: int | None = None,

@@ -1,9 +1,10 @@
 """Loader for ``colo.yaml``, the Generic Netlink spec of the "colo" family.
 
 The spec shipped with the package (``colo_proxy/nl/colo.yaml``) is a byte-identical
-copy of ``kmod/nfnetlink_colo/colo.yaml``, the contract with the kernel module;
-``tests/unit/test_spec_agreement.py`` fails when the two differ and when the C
-header, the kernel policies or the Python message classes drift from it.
+copy of ``kmod/nfnetlink_colo/colo.yaml``, the contract with the kernel module, written
+by ``scripts/colo-nl-gen.py`` together with the C uapi header, the kernel's policy and
+ops tables and this package's ``constants.py`` and ``messages.py``;
+``tests/unit/test_spec_agreement.py`` fails when any of them drifts from the spec.
 
 Numbering follows the kernel's YNL conventions: enum entries count from 0 (or
 the enum's ``value-start``), attributes from 1 (0 is the unused "unspec" slot),
@@ -45,6 +46,9 @@ class AttrDef:
     min: int | None = None
     max: int | None = None
     max_len: int | None = None
+    exact_len: int | None = None
+    byte_order: str | None = None
+    multi: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class Spec:
     ops: dict[str, OpDef]
     mcast_groups: tuple[str, ...]
     consts: dict[str, int] = field(default_factory=dict)
+    mcast_perms: dict[str, str | None] = field(default_factory=dict)
+    """Group name -> ``uns-admin-perm`` (CAP_NET_ADMIN over the netns to join) or None."""
 
     def op(self, name: str) -> OpDef:
         return self.ops[name]
@@ -147,6 +153,9 @@ def _attr_set(raw: dict[str, Any]) -> AttrSetDef:
             min=checks.get("min"),
             max=checks.get("max"),
             max_len=checks.get("max-len"),
+            exact_len=checks.get("exact-len"),
+            byte_order=entry.get("byte-order"),
+            multi=bool(entry.get("multi-attr", False)),
         )
     return AttrSetDef(str(raw["name"]), attrs)
 
@@ -194,10 +203,13 @@ def parse(text: str) -> Spec:
             value = _as_int(entry.get("value", value + 1), f"operation {entry['name']} value")
             op = _op(entry, value, raw["operations"].get("attribute-set"))
             ops[op.name] = op
-        groups = tuple(str(g["name"]) for g in raw.get("mcast-groups", {}).get("list", []))
+        raw_groups = raw.get("mcast-groups", {}).get("list", [])
+        groups = tuple(str(g["name"]) for g in raw_groups)
+        perms = {str(g["name"]): next(iter(g.get("flags") or []), None) for g in raw_groups}
         return Spec(
             name=str(raw["name"]),
-            version=consts.get("version", 1),
+            version=_as_int(raw.get("version", 1), "version"),
+            mcast_perms=perms,
             enums=enums,
             attr_sets=attr_sets,
             ops=ops,

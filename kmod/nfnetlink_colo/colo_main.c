@@ -5,7 +5,7 @@
  * Registers the "colo" Generic Netlink family (colo.yaml): per network
  * namespace COLO nodes (one protected VM each, primary or secondary) that
  * userspace creates, checkpoints, fails over and destroys, and an "events"
- * multicast group carrying checkpoint-request and node-gone.
+ * multicast group carrying checkpoint-needed and node-gone.
  *
  * Unloading while nodes exist is safe: every node is destroyed (node-gone,
  * reason module-unload) before the family goes away.
@@ -14,6 +14,7 @@
 #include <linux/init.h>
 
 #include "colo_core.h"
+#include "colo_dp.h"
 
 static int __init colo_init(void)
 {
@@ -22,11 +23,19 @@ static int __init colo_init(void)
 	err = colo_store_init();	/* pernet storage + NETLINK_URELEASE notifier */
 	if (err)
 		return err;
+	err = colo_dp_init();		/* held-frame cache + netdevice notifier */
+	if (err)
+		goto err_store;
 	err = colo_netlink_init();	/* the family: userspace can create nodes now */
-	if (err) {
-		colo_store_unload();
-		colo_store_exit();
-	}
+	if (err)
+		goto err_dp;
+	return 0;
+
+err_dp:
+	colo_dp_exit();
+err_store:
+	colo_store_unload();
+	colo_store_exit();
 	return err;
 }
 
@@ -36,6 +45,8 @@ static void __exit colo_exit(void)
 	colo_store_unload();
 	/* Waits for in-flight operations; none can create a node any more. */
 	colo_netlink_exit();
+	/* Every datapath was detached by its node's teardown. */
+	colo_dp_exit();
 	/* Pernet storage freed, then rcu_barrier(). */
 	colo_store_exit();
 }

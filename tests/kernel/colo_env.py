@@ -68,10 +68,33 @@ def rmmod() -> subprocess.CompletedProcess[str]:
     return subprocess.run(["rmmod", MODULE], capture_output=True, text=True, check=False)
 
 
+# checkpoint-needed is resent every resend_ms while a node stays pending.  Tests that
+# count events set it out of the way; the loss-path tests (test_nl_loss.py) set it short.
+QUIET_RESEND_MS = 3_600_000
+RESEND_PARAM = Path("/sys/module", MODULE, "parameters", "resend_ms")
+
+
+def set_resend_ms(ms: int) -> None:
+    RESEND_PARAM.write_text(f"{ms}\n")
+
+
 def insmod(ko: Path) -> None:
+    """Load the module if it is not loaded; either way, resends are out of the way."""
     if not module_loaded():
         res = subprocess.run(["insmod", str(ko)], capture_output=True, text=True, check=False)
         assert res.returncode == 0, f"insmod {ko}: {res.stderr.strip()}"
+    set_resend_ms(QUIET_RESEND_MS)
+
+
+@contextmanager
+def resend_ms(ms: int) -> Iterator[None]:
+    """Resend checkpoint-needed every ``ms`` while the block runs."""
+    set_resend_ms(ms)
+    try:
+        yield
+    finally:
+        if module_loaded():
+            set_resend_ms(QUIET_RESEND_MS)
 
 
 @contextmanager

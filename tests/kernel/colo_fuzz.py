@@ -76,7 +76,8 @@ class Fuzzer:
             # mostly fixed indexes, so the fuzz keeps a few dozen nodes, not the 1024 cap
             attrs = {"mode": rng.randint(0, 2), "index": None if i % 40 == 0 else index}
         elif cmd in (Cmd.DO_CHECKPOINT, Cmd.DO_FAILOVER):
-            attrs = {"index": index, "mode": rng.randint(0, 2)}
+            mode = rng.randint(0, 3)  # 3: leave the optional mode out
+            attrs = {"index": index, "mode": None if mode == 3 else mode}
         elif cmd == Cmd.REQUEST_CHECKPOINT:
             flow = None
             if rng.random() < 0.3:
@@ -85,7 +86,8 @@ class Fuzzer:
                                                 dport=rng.randint(0, 65535))
             elif rng.random() < 0.5:
                 flow = FlowTuple.from_addresses(6, "2001:db8::1", "2001:db8::2", sport=1,
-                                                dport=2, vlan=rng.randint(0, 4095))
+                                                dport=2,
+                                                vlans=(rng.randint(0, 4095),) * rng.randint(0, 4))
             attrs = {"index": index, "reason": rng.randint(0, 7), "tuple": flow}
         elif cmd == Cmd.GET and i % 3 == 0:
             flags |= NLM_F_DUMP

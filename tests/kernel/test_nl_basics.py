@@ -17,7 +17,7 @@ from colo_raw import NLM_F_ACK, NLM_F_REQUEST, RawGenl, encode
 from pyroute2 import netns as pyroute2_netns
 
 from colo_proxy.nl import (
-    CheckpointRequestEvent,
+    CheckpointNeededEvent,
     Cmd,
     ColoClient,
     ColoEvents,
@@ -29,6 +29,7 @@ from colo_proxy.nl import (
     Reason,
     State,
 )
+from colo_proxy.nl.model import STATS_FIELDS
 
 pytestmark = pytest.mark.kernel
 
@@ -56,6 +57,7 @@ def kernel_error(exc: pytest.ExceptionInfo[ColoNetlinkError], code: int) -> str:
     """Assert the errno and that the kernel explained itself; return the extack text."""
     assert exc.value.errno == code, f"expected {errno.errorcode[code]}, got {exc.value}"
     assert exc.value.extack, f"no extack message with {exc.value}"
+    assert not exc.value.extack.startswith("colo"), "extack messages carry no module prefix"
     return exc.value.extack
 
 
@@ -73,6 +75,17 @@ def test_init_allocates_and_reports_the_node(client: ColoClient) -> None:
     other = client.proxy_init(Mode.SECONDARY)
     assert other.index != node.index
     assert other.mode == Mode.SECONDARY
+    assert other.id > node.id > 0
+
+
+def test_node_ids_are_never_reused(client: ColoClient) -> None:
+    """An index is reused once its node is gone; the node id never is (in the netns)."""
+    first = client.proxy_init(Mode.PRIMARY, index=7)
+    client.proxy_destroy(7)
+    again = client.proxy_init(Mode.PRIMARY, index=7)
+    assert again.index == first.index and again.id > first.id
+    assert client.get(7).id == again.id
+    assert [n.id for n in client.dump()] == [again.id]
 
 
 def test_init_with_index_and_duplicate(client: ColoClient) -> None:
@@ -129,8 +142,7 @@ def test_get_and_dump(client: ColoClient) -> None:
     assert [n.index for n in nodes] == sorted(made), "dump is in index order"
     for node in nodes:
         assert node.owner == client.portid
-        assert node.stats == {"checkpoints": 0, "checkpoint-requests": 0,
-                              "requests-suppressed": 0, "failovers": 0, "resets": 0}
+        assert node.stats == dict.fromkeys(STATS_FIELDS, 0)
         assert client.get(node.index) == node
 
 
@@ -159,10 +171,11 @@ def test_node_cap_per_netns(client: ColoClient) -> None:
 def test_checkpoint_request_cycle(client: ColoClient, events: ColoEvents) -> None:
     node = client.proxy_init(Mode.PRIMARY)
     flow = FlowTuple.from_addresses(6, "198.18.0.1", "198.18.0.2", sport=80, dport=40000,
-                                    vlan=12)
+                                    vlans=(12,))
     client.request_checkpoint(node.index, Reason.PAYLOAD_MISMATCH, flow)
     ev = events.next()
-    assert ev == CheckpointRequestEvent(node.index, Mode.PRIMARY, Reason.PAYLOAD_MISMATCH, flow)
+    assert ev == CheckpointNeededEvent(node.id, node.index, Mode.PRIMARY,
+                                       Reason.PAYLOAD_MISMATCH, flow)
     assert client.get(node.index).state == State.CHECKPOINT_PENDING
 
     # pending: further requests are counted, not sent
@@ -176,14 +189,18 @@ def test_checkpoint_request_cycle(client: ColoClient, events: ColoEvents) -> Non
     got = client.get(node.index)
     assert (got.state, got.stats["checkpoints"]) == (State.ACTIVE, 1)
 
-    # the next request goes out again; without a tuple and with IPv6 both work
+    # the next request goes out again; without a tuple, with IPv6, with stacked VLANs
+    # and with do-checkpoint's optional mode left out
     client.request_checkpoint(node.index, Reason.MANUAL)
-    assert events.next() == CheckpointRequestEvent(node.index, Mode.PRIMARY, Reason.MANUAL)
-    client.do_checkpoint(node.index, Mode.PRIMARY)
-    flow6 = FlowTuple.from_addresses(17, "2001:db8::1", "2001:db8::2", sport=1, dport=2)
+    assert events.next() == CheckpointNeededEvent(node.id, node.index, Mode.PRIMARY,
+                                                  Reason.MANUAL)
+    client.do_checkpoint(node.index)
+    flow6 = FlowTuple.from_addresses(17, "2001:db8::1", "2001:db8::2", sport=1, dport=2,
+                                     vlans=(5, 7, 4095, 0))
     client.request_checkpoint(node.index, Reason.TIMEOUT, flow6)
-    assert events.next() == CheckpointRequestEvent(node.index, Mode.PRIMARY, Reason.TIMEOUT,
-                                                   flow6)
+    assert events.next() == CheckpointNeededEvent(node.id, node.index, Mode.PRIMARY,
+                                                  Reason.TIMEOUT, flow6)
+    assert client.get(node.index).stats["checkpoints"] == 2
 
 
 def test_checkpoint_wrong_mode(client: ColoClient) -> None:
@@ -206,23 +223,31 @@ def test_unknown_node(client: ColoClient, op: str) -> None:
     assert "no such node" in kernel_error(exc, errno.ENOENT)
 
 
+AF_INET, AF_INET6 = 2, 10
+
+
 @pytest.mark.parametrize(
     ("attrs", "code"),
     [
-        ({"family": 3}, errno.ERANGE),
-        ({"family": 5}, errno.EINVAL),
-        ({"family": 7}, errno.ERANGE),
-        ({"family": 4, "src": bytes(16)}, errno.EINVAL),
-        ({"family": 6, "dst": bytes(4)}, errno.EINVAL),
-        ({"src": bytes(4)}, errno.EINVAL),
-        ({"family": 6, "src": bytes(17)}, errno.ERANGE),
-        ({"vlan": 4096}, errno.ERANGE),
+        ([("FAMILY", 4)], errno.EINVAL),            # the IP version is not the family
+        ([("FAMILY", 6)], errno.EINVAL),
+        ([("FAMILY", 0)], errno.EINVAL),
+        ([("FAMILY", AF_INET), ("SRC6", bytes(16))], errno.EINVAL),
+        ([("FAMILY", AF_INET6), ("DST4", 1)], errno.EINVAL),
+        ([("SRC4", 1)], errno.EINVAL),              # an address needs the family
+        ([("FAMILY", AF_INET6), ("SRC6", bytes(17))], errno.ERANGE),
+        ([("FAMILY", AF_INET6), ("DST6", bytes(4))], errno.ERANGE),
+        ([("VLAN", 4096)], errno.ERANGE),
+        ([("VLAN", 1)] * 5, errno.E2BIG),           # more tags than tuple-max-vlans
     ],
+    ids=["family-4", "family-6", "family-0", "v6-addr-in-v4", "v4-addr-in-v6",
+         "addr-without-family", "src6-17-bytes", "dst6-4-bytes", "vlan-4096", "five-vlans"],
 )
-def test_request_checkpoint_bad_tuple(ns: str, attrs: dict[str, object], code: int) -> None:
+def test_request_checkpoint_bad_tuple(ns: str, attrs: list[tuple[str, object]],
+                                      code: int) -> None:
     with ColoClient(netns=ns) as client, raw_in(ns) as raw:
         node = client.proxy_init(Mode.PRIMARY)
-        nest = {"attrs": [(f"COLO_A_TUPLE_{k.upper()}", v) for k, v in attrs.items()]}
+        nest = {"attrs": [(f"COLO_A_TUPLE_{k}", v) for k, v in attrs]}
         msg = encode(client.family_id, Cmd.REQUEST_CHECKPOINT, 1, nla=[
             ("COLO_A_NODE_INDEX", node.index), ("COLO_A_NODE_REASON", 1),
             ("COLO_A_NODE_TUPLE", nest, 0x8000)])
@@ -255,10 +280,9 @@ def test_reset_clears_counters_and_pending(client: ColoClient, events: ColoEvent
     got = client.get(node.index)
     assert got.mode == Mode.SECONDARY
     assert got.state == State.ACTIVE
-    assert got.stats == {"checkpoints": 0, "checkpoint-requests": 0,
-                         "requests-suppressed": 0, "failovers": 0, "resets": 1}
+    assert got.stats == {**dict.fromkeys(STATS_FIELDS, 0), "resets": 1}
     got_events = events.collect(lambda e: len(e) >= 2, timeout=5.0)
-    assert [type(e) for e in got_events] == [CheckpointRequestEvent] * 2
+    assert [type(e) for e in got_events] == [CheckpointNeededEvent] * 2
     assert events.next(timeout=0.5) is None
     client.proxy_reset(node.index)
     assert client.get(node.index).stats["resets"] == 2
@@ -300,11 +324,10 @@ def test_destroy_emits_node_gone(client: ColoClient, events: ColoEvents) -> None
     node = client.proxy_init(Mode.SECONDARY, index=10)
     client.request_checkpoint(10, Reason.TIMEOUT)
     client.do_checkpoint(10, Mode.SECONDARY)
-    assert isinstance(events.next(), CheckpointRequestEvent)
+    assert isinstance(events.next(), CheckpointNeededEvent)
     client.proxy_destroy(node.index)
-    assert events.next() == NodeGoneEvent(10, Mode.SECONDARY, GoneReason.DESTROYED, {
-        "checkpoints": 1, "checkpoint-requests": 1, "requests-suppressed": 0,
-        "failovers": 0, "resets": 0})
+    assert events.next() == NodeGoneEvent(node.id, 10, Mode.SECONDARY, GoneReason.DESTROYED, {
+        **dict.fromkeys(STATS_FIELDS, 0), "checkpoints": 1, "checkpoint-requests": 1})
     with pytest.raises(ColoNetlinkError) as exc:
         client.get(10)
     kernel_error(exc, errno.ENOENT)
@@ -366,6 +389,19 @@ def test_malformed_requests(ns: str, name: str, mutate: object, code: int) -> No
         assert ans.error == -code, f"{name}: got {ans.error}"
     with ColoClient(netns=ns) as c:
         assert c.dump() == [], f"{name}: created a node"
+
+
+def test_dump_takes_no_attributes(ns: str) -> None:
+    """The dump has its own (empty) policy: an index is refused, not silently ignored."""
+    with ColoClient(netns=ns) as client, raw_in(ns) as raw:
+        client.proxy_init(Mode.PRIMARY, index=3)
+        msg = encode(client.family_id, Cmd.GET, 1, flags=NLM_F_REQUEST | NLM_F_ACK | 0x300,
+                     index=3)
+        answers = raw.exchange({1: msg})[1]
+        assert [a.error for a in answers] == [-errno.EINVAL]
+        # 6.1 does not pass a dump's .start extack on; 6.12 does
+        assert answers[0].extack in (None, "a dump takes no attributes")
+        assert [n.index for n in client.dump()] == [3]
 
 
 def test_dump_flag_on_do_only_op(ns: str) -> None:

@@ -168,7 +168,7 @@ def test_fuzz(ns: str, request: pytest.FixtureRequest) -> None:
                 seen[f"node-gone {event.reason}"] += 1
             else:
                 assert event.reason in Reason, event
-                seen["checkpoint-request"] += 1
+                seen["checkpoint-needed"] += 1
     finally:
         events.close()
 

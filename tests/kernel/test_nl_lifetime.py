@@ -15,7 +15,7 @@ import pytest
 from colo_env import insmod, read_json, report, spawn, stop, temp_netns
 
 from colo_proxy.nl import (
-    CheckpointRequestEvent,
+    CheckpointNeededEvent,
     ColoClient,
     ColoEvents,
     GoneReason,
@@ -62,9 +62,12 @@ def test_owner_death_releases_nodes(ns: str, kill: bool, request: pytest.Fixture
     total = 0
     for _ in range(ROUNDS):
         indexes, got = _run_owner(ns, "3600" if kill else "0", kill)
-        requests = [e for e in got if isinstance(e, CheckpointRequestEvent)]
+        requests = [e for e in got if isinstance(e, CheckpointNeededEvent)]
         gone = [e for e in got if isinstance(e, NodeGoneEvent)]
-        assert requests == [CheckpointRequestEvent(indexes[0], Mode.SECONDARY, Reason.MANUAL)]
+        assert [(e.index, e.mode, e.reason) for e in requests] == [
+            (indexes[0], Mode.SECONDARY, Reason.MANUAL)]
+        assert len({e.id for e in gone}) == len(gone), "node ids are unique"
+        assert requests[0].id == next(e.id for e in gone if e.index == indexes[0])
         assert sorted(e.index for e in gone) == sorted(indexes), "each node gone exactly once"
         assert {e.reason for e in gone} == {GoneReason.OWNER_RELEASED}
         first = next(e for e in gone if e.index == indexes[0])

@@ -30,7 +30,7 @@ from colo_env import (
 )
 
 from colo_proxy.nl import (
-    CheckpointRequestEvent,
+    CheckpointNeededEvent,
     ColoClient,
     ColoEvents,
     ColoNetlinkError,
@@ -73,7 +73,7 @@ def test_nodes_are_invisible_from_other_namespaces(loaded: None) -> None:
 
         # events stay in their namespace
         ca.request_checkpoint(5, Reason.MANUAL)
-        assert ea.next() == CheckpointRequestEvent(5, Mode.PRIMARY, Reason.MANUAL)
+        assert ea.next() == CheckpointNeededEvent(node_a.id, 5, Mode.PRIMARY, Reason.MANUAL)
         assert eb.next(timeout=1.0) is None
         cb.proxy_destroy(5)
         assert gone([eb.next()]) == {5: GoneReason.DESTROYED}
