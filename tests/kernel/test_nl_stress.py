@@ -28,7 +28,7 @@ def test_open_close_stress(colo_ko: Path, request: pytest.FixtureRequest) -> Non
     procs = []
     with module_back(colo_ko), temp_netns() as ns:
         try:
-            listeners = [spawn(["listen", str(CYCLES), "60"], netns=ns)
+            listeners = [spawn(["listen", str(CYCLES), "300"], netns=ns)
                          for _ in range(LISTENERS)]
             procs += listeners
             for lst in listeners:
