@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from qemu_harness.colo_pair import ColoPair, kvm_unusable
@@ -174,10 +175,18 @@ def test_periodic_checkpoints_metrics_and_status(deployment: Deployment) -> None
     assert _sample(text, 'colo_checkpoint_duration_seconds_count{vm="web"}') >= 1
     assert "colo_match_release_latency_seconds_bucket" in text
     _until(d.status_file.exists, "the status file")
-    res = subprocess.run([sys.executable, "-c", "from colo_proxy.cli import main; main()",
-                          "status", "--agent", str(d.status_file), "--json"],
-                         capture_output=True, text=True, check=True)
-    web = json.loads(res.stdout)["agent"]["web"]
+
+    def status() -> dict[str, Any]:
+        res = subprocess.run([sys.executable, "-c", "from colo_proxy.cli import main; main()",
+                              "status", "--agent", str(d.status_file), "--json"],
+                             capture_output=True, text=True, check=True)
+        web: dict[str, Any] = json.loads(res.stdout)["agent"]["web"]
+        return web
+
+    # The status file is rewritten periodically: wait for one written after the
+    # checkpoint the metrics already show.
+    _until(lambda: status()["checkpoints"]["periodic"] >= 1, "the checkpoint in the status file")
+    web = status()
     assert web["role"] == "primary" and web["in_colo"] == 1
     assert web["checkpoints"]["periodic"] >= 1
     assert web["heartbeats_refused"] == {"forged": 0, "replayed": 0, "stale": 0,
