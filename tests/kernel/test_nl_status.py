@@ -62,7 +62,8 @@ def test_status_without_module(colo_ko: Path) -> None:
         assert rmmod().returncode == 0
         res = status()
         assert res.returncode == 1
+        # A kernel that loads modules: the advice is colo-proxy load (cli/status.py).
         assert res.stderr.strip() == (
-            'colo-proxy: error: Generic Netlink family "colo" not found: '
-            "module nf_colo not loaded; run colo-proxy load")
+            "colo-proxy: error: module nf_colo is not loaded: run `colo-proxy load` "
+            "(after `colo-proxy install`)")
         assert res.stdout == ""
