@@ -169,7 +169,8 @@ def _sample(text: str, series: str) -> float:
 def test_periodic_checkpoints_metrics_and_status(deployment: Deployment) -> None:
     d = deployment
     periodic = 'colo_checkpoints_total{kind="periodic",vm="web"}'
-    _until(lambda: _sample(d.metrics(), periodic) >= 1, "a periodic checkpoint in the metrics")
+    _until(lambda: _sample(d.metrics(), periodic) >= 1, "a periodic checkpoint in the metrics",
+           timeout=120.0)
     text = d.metrics()
     assert 'colo_in_colo{vm="web"} 1.0' in text
     assert _sample(text, 'colo_checkpoint_duration_seconds_count{vm="web"}') >= 1

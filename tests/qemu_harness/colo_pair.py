@@ -163,7 +163,7 @@ class ColoPair:
             raise
         return self
 
-    def enter_colo(self, timeout: float = 30.0) -> None:
+    def enter_colo(self, timeout: float = 120.0) -> None:
         """x-colo on both, x-checkpoint-delay, migrate; returns once both are in COLO
         (the COLO-entry STOP/RESUME of the primary already consumed)."""
         for vm in (self.secondary, self.primary):
