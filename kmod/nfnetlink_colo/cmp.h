@@ -233,6 +233,28 @@ struct colo_cmp_queue {
 	struct colo_cmp_held *last;
 };
 
+/* A connection's per-side FIFO of held frames. */
+static inline void colo_cmp_q_push(struct colo_cmp_queue *q, struct colo_cmp_held *h)
+{
+	h->next = NULL;
+	if (q->last)
+		q->last->next = h;
+	else
+		q->first = h;
+	q->last = h;
+}
+
+static inline struct colo_cmp_held *colo_cmp_q_pop(struct colo_cmp_queue *q)
+{
+	struct colo_cmp_held *h = q->first;
+
+	q->first = h->next;
+	if (!q->first)
+		q->last = NULL;
+	h->next = NULL;
+	return h;
+}
+
 enum colo_cmp_conn_kind { COLO_CMP_CONN_TCP, COLO_CMP_CONN_FIFO };
 
 #define COLO_CMP_NO_DATA	(-((s64)1 << 62))	/* conn.py NO_DATA */

@@ -6,26 +6,6 @@
  */
 #include "cmp.h"
 
-static void q_push(struct colo_cmp_queue *q, struct colo_cmp_held *h)
-{
-	h->next = NULL;
-	if (q->last)
-		q->last->next = h;
-	else
-		q->first = h;
-	q->last = h;
-}
-
-static struct colo_cmp_held *q_pop(struct colo_cmp_queue *q)
-{
-	struct colo_cmp_held *h = q->first;
-
-	q->first = h->next;
-	if (!q->first)
-		q->last = NULL;
-	h->next = NULL;
-	return h;
-}
 
 static void bytes_of(const struct colo_cmp_held *h, struct colo_cmp_bytes *b)
 {
@@ -57,7 +37,7 @@ static void diverge(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 	colo_cmp_request(core, COLO_CMP_PAYLOAD_MISMATCH, conn, now, p, s, i, (s64)conn->slot);
 	conn->diverged = true;
 	while (conn->q[1].first) {
-		h = q_pop(&conn->q[1]);
+		h = colo_cmp_q_pop(&conn->q[1]);
 		colo_cmp_drop_held(core, h, COLO_CMP_DIVERGED);
 	}
 }
@@ -83,18 +63,18 @@ static bool fifo_primary(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 	if (s && !conn->diverged) {
 		bytes_of(s, &sb);
 		if (colo_cmp_bytes_equal(&sb, &pb)) {
-			q_pop(&conn->q[1]);
+			colo_cmp_q_pop(&conn->q[1]);
 			colo_cmp_drop_held(core, s, COLO_CMP_MATCHED);
 			matched(core, conn, colo_cmp_bytes_len(&pb));
 			colo_cmp_release(core, h->tag, conn, 0);
 			return false;
 		}
-		q_push(&conn->q[0], h);
+		colo_cmp_q_push(&conn->q[0], h);
 		colo_cmp_hold(core, h, now);
 		diverge(core, conn, &pb, &sb, now);
 		return true;
 	}
-	q_push(&conn->q[0], h);
+	colo_cmp_q_push(&conn->q[0], h);
 	colo_cmp_hold(core, h, now);
 	return true;
 }
@@ -111,14 +91,14 @@ static bool fifo_secondary(struct colo_cmp_core *core, struct colo_cmp_conn *con
 		return false;
 	}
 	if (!p) {
-		q_push(&conn->q[1], h);
+		colo_cmp_q_push(&conn->q[1], h);
 		colo_cmp_hold(core, h, now);
 		return true;
 	}
 	bytes_of(p, &pb);
 	bytes_of(h, &sb);
 	if (colo_cmp_bytes_equal(&pb, &sb)) {
-		q_pop(&conn->q[0]);
+		colo_cmp_q_pop(&conn->q[0]);
 		n = colo_cmp_bytes_len(&sb);
 		p->done = true;
 		conn->held_p--;

@@ -42,29 +42,6 @@ static inline s64 max64(s64 a, s64 b)
 	return a > b ? a : b;
 }
 
-/* ---- queues -------------------------------------------------------------------- */
-
-static void q_push(struct colo_cmp_queue *q, struct colo_cmp_held *h)
-{
-	h->next = NULL;
-	if (q->last)
-		q->last->next = h;
-	else
-		q->first = h;
-	q->last = h;
-}
-
-static struct colo_cmp_held *q_pop(struct colo_cmp_queue *q)
-{
-	struct colo_cmp_held *h = q->first;
-
-	q->first = h->next;
-	if (!q->first)
-		q->last = NULL;
-	h->next = NULL;
-	return h;
-}
-
 /* ---- pending streams ------------------------------------------------------------ */
 
 static inline u32 plen(const struct colo_cmp_stream *st)
@@ -307,7 +284,7 @@ static void hold(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 	h->end = end;
 	h->ack = ack;
 	h->flags = flags;
-	q_push(&conn->q[h->side], h);
+	colo_cmp_q_push(&conn->q[h->side], h);
 	colo_cmp_hold(core, h, now);
 }
 
@@ -322,7 +299,7 @@ static void diverge(struct colo_cmp_core *core, struct colo_cmp_conn *conn, u8 r
 	colo_cmp_request(core, reason, conn, now, &p, &s, 0, offset);
 	conn->diverged = true;
 	while (conn->q[1].first)
-		colo_cmp_drop_held(core, q_pop(&conn->q[1]), COLO_CMP_DIVERGED);
+		colo_cmp_drop_held(core, colo_cmp_q_pop(&conn->q[1]), COLO_CMP_DIVERGED);
 	pend_clear(core, &t->s);
 	ooo_clear(core, &t->s);
 }
@@ -339,7 +316,7 @@ static void nomem(struct colo_cmp_core *core, struct colo_cmp_conn *conn, s64 no
 	colo_cmp_request(core, COLO_CMP_MEMORY_LIMIT, conn, now, NULL, NULL, 0, 0);
 	conn->diverged = true;
 	while (conn->q[1].first)
-		colo_cmp_drop_held(core, q_pop(&conn->q[1]), COLO_CMP_DIVERGED);
+		colo_cmp_drop_held(core, colo_cmp_q_pop(&conn->q[1]), COLO_CMP_DIVERGED);
 	pend_clear(core, &t->s);
 	ooo_clear(core, &t->s);
 }
@@ -482,11 +459,11 @@ static void settle(struct colo_cmp_core *core, struct colo_cmp_conn *conn, s64 n
 			if (h->flags & (FIN | RST))
 				conn->closed = true;
 		}
-		release_held(core, q_pop(q), now);
+		release_held(core, colo_cmp_q_pop(q), now);
 	}
 	q = &conn->q[1];
 	while (q->first && consumed(t, q->first->end, q->first->flags))
-		colo_cmp_drop_held(core, q_pop(q), COLO_CMP_MATCHED);
+		colo_cmp_drop_held(core, colo_cmp_q_pop(q), COLO_CMP_MATCHED);
 	if (q->first && t->s_unordered) {
 		keep.first = keep.last = NULL;
 		for (h = q->first; h; h = next) {
@@ -494,7 +471,7 @@ static void settle(struct colo_cmp_core *core, struct colo_cmp_conn *conn, s64 n
 			if (consumed(t, h->end, h->flags))
 				colo_cmp_drop_held(core, h, COLO_CMP_MATCHED);
 			else
-				q_push(&keep, h);
+				colo_cmp_q_push(&keep, h);
 		}
 		*q = keep;
 	}
@@ -1029,7 +1006,7 @@ static bool secondary(struct colo_cmp_core *core, struct colo_cmp_conn *conn,
 				m = t->s_max_ack;
 				if (p->end <= end && !(p->flags & CTL) &&
 				    (a == m || a < 0 || (m >= 0 && udiff(a, m) <= HALF))) {
-					release_held(core, q_pop(q), now);
+					release_held(core, colo_cmp_q_pop(q), now);
 					if (!q->first || q->first->end > end) {
 						if (conn->q[1].first)
 							settle(core, conn, now);
