@@ -32,7 +32,7 @@ from .config import Timeouts
 from .epoch import EpochGate
 from .failover import Commands, FailoverResult, primary_continues
 from .policy import QmpCheckpointPolicy
-from .qmp import Monitor, QmpUnavailable
+from .qmp import Monitor, QmpLink
 
 log = logging.getLogger("colo_proxy.agent.primary")
 
@@ -55,58 +55,32 @@ class PrimaryAgent:
         assert gate is not None  # bound by the datapath's seam
         self.gate: EpochGate = gate
         self.monitor.on_closed = self._qmp_closed
+        self.link = QmpLink(self.monitor, name, self._session, retry_s=retry_s)
         self.failed_over = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self._closed = asyncio.Event()
-        self._stopping = False
-        self.tried = False
-        """The QMP socket was tried once (qemu_healthy is known)."""
 
     def _checkpointed(self, rec: CheckpointRecord) -> None:
         log.debug("%s: checkpoint %s", self.name, rec.as_dict())
 
     @property
     def qemu_healthy(self) -> bool | None:
-        """What the heartbeat tells the peer: our QEMU answers on QMP."""
-        if not self.tried:
-            return None  # starting: not yet tried the QMP socket
-        return self.monitor.connected
+        """What the heartbeat tells the peer: our QEMU answers on QMP (QmpLink.healthy)."""
+        return self.link.healthy
 
     def _qmp_closed(self, reason: str) -> None:
         log.warning("%s: QMP connection closed (%s): comparison stops, held output released",
                     self.name, reason)
         self.controller.leave_colo()
-        self._closed.set()
 
-    async def _monitor_loop(self) -> None:
-        reported = False
-        while not self._stopping:
-            try:
-                await self.monitor.connect()
-            except QmpUnavailable as exc:
-                self.tried = True
-                if not reported:
-                    log.warning("%s: QMP unavailable: %s; retrying every %.1f s", self.name,
-                                exc, self.retry_s)
-                    reported = True
-                await asyncio.sleep(self.retry_s)
-                continue
-            reported = False
-            self.tried = True
-            log.info("%s: QMP connected (%s)", self.name, self.monitor.path)
-            self._closed.clear()
-            controller = self.controller.start()
-            await self._closed.wait()
-            controller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await controller
-            await self.monitor.close()
+    async def _session(self) -> None:
+        """While QMP is connected: the checkpoint controller serves requests."""
+        await self.controller.start()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.datapath.run(handle_signals=False),
                                         name=f"{self.name}-datapath"),
-                       loop.create_task(self._monitor_loop(), name=f"{self.name}-qmp")]
+                       loop.create_task(self.link.run(), name=f"{self.name}-qmp")]
         await asyncio.sleep(0)
 
     async def failover(self) -> FailoverResult:
@@ -117,9 +91,8 @@ class PrimaryAgent:
         return result
 
     async def stop(self) -> None:
-        self._stopping = True
+        self.link.stop()
         self.datapath.stop()
-        self._closed.set()
         await self.controller.close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):

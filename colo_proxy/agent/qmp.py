@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("colo_proxy.agent.qmp")
@@ -160,3 +160,77 @@ class Monitor:
             with contextlib.suppress(Exception):
                 await self._client.disconnect()
             self._client = None
+
+
+class QmpLink:
+    """Keeps one :class:`Monitor` connected for an agent, and says how healthy it is.
+
+    ``run()`` connects, runs ``session()`` while the connection lasts, and on a loss
+    cancels it, closes the monitor and reconnects every ``retry_s``; each outage is
+    logged once.  ``healthy`` is what the heartbeat tells the peer:
+
+    * ``None`` (unknown) until the first connection, for at most ``grace_s`` after
+      ``run()`` started: an agent that starts before its QEMU, or a QEMU that comes
+      up a second after its agent, must not look like a dead QEMU to the peer (the
+      peer fails over on an authenticated "unhealthy");
+    * then ``True`` while connected and ``False`` while not.
+    """
+
+    def __init__(self, monitor: Monitor, name: str,
+                 session: Callable[[], Coroutine[Any, Any, None]], *,
+                 retry_s: float = 1.0, grace_s: float = 10.0) -> None:
+        self.monitor = monitor
+        self.name = name
+        self.session = session
+        self.retry_s = retry_s
+        self.grace_s = grace_s
+        self.ever_connected = False
+        self._started: float | None = None
+        self._closed = asyncio.Event()
+        self._stopping = False
+        monitor_closed = monitor.on_closed
+
+        def closed(reason: str) -> None:
+            if monitor_closed is not None:
+                monitor_closed(reason)
+            self._closed.set()
+
+        monitor.on_closed = closed
+
+    @property
+    def healthy(self) -> bool | None:
+        if self.monitor.connected:
+            return True
+        if self.ever_connected:
+            return False
+        if self._started is None or time.monotonic() - self._started < self.grace_s:
+            return None
+        return False
+
+    async def run(self) -> None:
+        self._started = time.monotonic()
+        reported = False
+        while not self._stopping:
+            try:
+                await self.monitor.connect()
+            except QmpUnavailable as exc:
+                if not reported:
+                    log.warning("%s: QMP unavailable: %s; retrying every %.1f s", self.name,
+                                exc, self.retry_s)
+                    reported = True
+                await asyncio.sleep(self.retry_s)
+                continue
+            reported = False
+            self.ever_connected = True
+            log.info("%s: QMP connected (%s)", self.name, self.monitor.path)
+            self._closed.clear()
+            session = asyncio.get_running_loop().create_task(self.session())
+            await self._closed.wait()
+            session.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session
+            await self.monitor.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._closed.set()

@@ -9,7 +9,7 @@ from typing import Any
 
 from .config import Timeouts
 from .failover import Commands, FailoverResult, secondary_takeover
-from .qmp import Monitor, QmpError, QmpUnavailable
+from .qmp import Monitor, QmpError, QmpLink
 
 log = logging.getLogger("colo_proxy.agent.secondary")
 
@@ -32,18 +32,14 @@ class SecondaryAgent:
         """COLO_EXIT reason=error seen: QEMU waits for a failover command."""
         self.failed_over = False
         self.colo_exits = 0
-        self._closed = asyncio.Event()
-        self._stopping = False
-        self.tried = False
-        """The QMP socket was tried once (qemu_healthy is known)."""
+        self.link = QmpLink(self.monitor, name, self._session, retry_s=retry_s)
         self._task: asyncio.Task[None] | None = None
         self._refreshes: set[asyncio.Task[bool]] = set()
 
     @property
     def qemu_healthy(self) -> bool | None:
-        if not self.tried:
-            return None  # starting: not yet tried the QMP socket
-        return self.monitor.connected
+        """What the heartbeat tells the peer (QmpLink.healthy)."""
+        return self.link.healthy
 
     def _event(self, name: str, data: dict[str, Any], at: float) -> None:
         if name == "COLO_EXIT":
@@ -69,7 +65,6 @@ class SecondaryAgent:
         log.warning("%s: QMP connection closed (%s): the secondary QEMU is gone; the "
                     "peer is told by the heartbeat", self.name, reason)
         self.in_colo = False
-        self._closed.set()
 
     async def refresh(self) -> bool:
         """Re-read query-colo-status; True if this QEMU is a COLO secondary."""
@@ -83,29 +78,13 @@ class SecondaryAgent:
             log.info("%s: COLO running (secondary)", self.name)
         return self.in_colo
 
-    async def _loop(self) -> None:
-        reported = False
-        while not self._stopping:
-            try:
-                await self.monitor.connect()
-            except QmpUnavailable as exc:
-                self.tried = True
-                if not reported:
-                    log.warning("%s: QMP unavailable: %s; retrying every %.1f s", self.name,
-                                exc, self.retry_s)
-                    reported = True
-                await asyncio.sleep(self.retry_s)
-                continue
-            reported = False
-            self.tried = True
-            log.info("%s: QMP connected (%s)", self.name, self.monitor.path)
-            self._closed.clear()
-            await self.refresh()
-            await self._closed.wait()
-            await self.monitor.close()
+    async def _session(self) -> None:
+        """While QMP is connected: learn the COLO mode, then follow the events."""
+        await self.refresh()
+        await asyncio.Event().wait()
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task = asyncio.get_running_loop().create_task(self.link.run())
         await asyncio.sleep(0)
 
     async def failover(self) -> FailoverResult:
@@ -116,8 +95,7 @@ class SecondaryAgent:
         return result
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._closed.set()
+        self.link.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
