@@ -35,7 +35,7 @@ BUILD=$1 SERIES=$2
 BASE=${BASH_REMATCH[1]}
 HERE=$(cd "$(dirname "$0")" && pwd)
 FRAGMENT=$HERE/debug-kernel.config
-RECIPE=1                     # bump when the build steps below change their result
+RECIPE=2                     # bump when the build steps below change their result
 mkdir -p "$BUILD/kernels" "$BUILD/debug-kernel"
 KROOT=$(cd "$BUILD/kernels" && pwd)
 WORK=$(cd "$BUILD/debug-kernel" && pwd)
@@ -57,7 +57,7 @@ if [ -z "$version" ]; then
 fi
 cc_version=$(gcc --version | head -1)
 ld_version=$(ld --version | head -1)
-key=$( { printf 'recipe %s\nsource %s %s\ncc %s\nld %s\nbase defconfig\n' \
+key=$( { printf 'recipe %s\nsource %s %s\ncc %s\nld %s\nbase allnoconfig\n' \
              "$RECIPE" "$SRCPKG" "$version" "$cc_version" "$ld_version"; cat "$FRAGMENT"; } \
        | sha256sum | cut -c1-16)
 say "$SERIES: $SRCPKG $version, $cc_version, fragment $(sha256sum "$FRAGMENT" | cut -c1-12): key $key"
@@ -124,8 +124,8 @@ if [ ! -f "$tree/.colo-source-version" ] || [ "$(<"$tree/.colo-source-version")"
 fi
 
 cd "$tree"
-say "$SERIES: configuring (defconfig + $(basename "$FRAGMENT"))"
-make -s defconfig >/dev/null
+say "$SERIES: configuring (allnoconfig + $(basename "$FRAGMENT"))"
+make -s allnoconfig >/dev/null
 scripts/kconfig/merge_config.sh -m .config "$FRAGMENT" >"$WORK/merge_config.log" 2>&1 \
     || { cat "$WORK/merge_config.log" >&2; die "$SERIES: merge_config.sh failed"; }
 make -s olddefconfig
