@@ -12,7 +12,8 @@ BUILD    ?= build
 # Kernels the module is built and tested against (Debian bookworm, bookworm-backports).
 KERNELS  ?= 6.1 6.12
 # The debug kernel (lockdep, KASAN, kmemleak), built from Debian's linux-source-6.12 with
-# scripts/debug-kernel.config; `make test-debug` (part of `make test`), see docs/development.md.
+# scripts/debug-kernel.config; `make test-debug`, run by .ci/run after `make test` when kmod/ or
+# the debug recipe changed (docs/development.md, "The debug kernel").
 DEBUG_KERNEL ?= 6.12-debug
 PYTEST_ARGS ?=
 
@@ -62,12 +63,14 @@ test-kernel: deps venv kmod
 	@scripts/guest-test.sh $(BUILD) $(KERNELS)
 
 # Skipped when the same kmod/tests/scripts input already passed on this machine
-# (DEBUG_TEST=always forces it, DEBUG_TEST=skip leaves it out): scripts/debug-test.sh.
+# (DEBUG_TEST=always forces it, DEBUG_TEST=skip leaves it out, DEBUG_TEST=changed also skips
+# when kmod/ and the recipe match scripts/debug-verified): scripts/debug-test.sh.
 test-debug: deps venv
 	@scripts/debug-test.sh $(BUILD) $(DEBUG_KERNEL)
 
-# test-debug is not part of `test` yet: it joins once the debug kernel has passed its suite
-# (docs/development.md, "The debug kernel").
+# test-debug is not part of `test`: a fresh debug kernel plus its suite costs more than CI's
+# margin, so .ci/run runs it only on a change to kmod/ or the debug recipe (docs/development.md,
+# "The debug kernel", "Cost, and why it is scheduled").
 test: deps venv lint test-host test-kernel
 
 demo: deps venv
