@@ -23,7 +23,8 @@
 # Source version: that of BUILD/kernels/<base>/ if scripts/kernels.sh prepared it (so the
 # debug kernel is the Debian kernel under test, rebuilt), otherwise the private apt index's
 # candidate; DEBUG_KERNEL_VERSION overrides.  DEBUG_KERNEL_JOBS (default 2) is make's -j,
-# DEBUG_KERNEL_NICE (default 10) its nice level.  The build's time is kept in .prepared.
+# DEBUG_KERNEL_NICE (default 10) its nice level.  The build's wall and CPU time are kept in
+# .prepared.
 set -euo pipefail
 
 die() { echo "debug-kernel: $*" >&2; exit 1; }
@@ -135,12 +136,15 @@ missing=$("$HERE/kconfig-check.sh" "$FRAGMENT" .config) \
 
 kver=$(make -s kernelrelease)
 say "$SERIES: building $kver with make -j${DEBUG_KERNEL_JOBS:-2} (log: $WORK/build.log)"
-t0=$SECONDS
+# CPU seconds of the children this shell waited for (make and everything under it).
+children_cpu() { local f; read -r -a f <"/proc/$$/stat"; echo $(( (f[15] + f[16]) / $(getconf CLK_TCK) )); }
+t0=$SECONDS c0=$(children_cpu)
 if ! nice -n "${DEBUG_KERNEL_NICE:-10}" make -j"${DEBUG_KERNEL_JOBS:-2}" bzImage modules >"$WORK/build.log" 2>&1; then
     tail -40 "$WORK/build.log" >&2
     die "$SERIES: kernel build failed (log: $WORK/build.log)"
 fi
-say "$SERIES: built in $((SECONDS - t0)) s"
+build_s=$((SECONDS - t0)) build_cpu=$(( $(children_cpu) - c0 ))
+say "$SERIES: built in $build_s s ($build_cpu s CPU)"
 
 # ---- publish: root/ and a trimmed headers/ tree ----------------------------------------
 rm -rf "$DEST.tmp" && mkdir -p "$DEST.tmp/root/boot"
@@ -159,8 +163,9 @@ mkdir -p "$DEST.tmp/headers"
     find include scripts arch/x86/include -type f ! -name '*.o' ! -name '.*.cmd' -print0
     find arch/x86 -maxdepth 1 -name 'Makefile*' -print0
 } | sed -z 's|^\./||' | sort -zu | cpio -0 -pdm --quiet "$DEST.tmp/headers"
-printf 'key: %s\nsource: %s %s\ncc: %s\nld: %s\nbuilt: %s in %s s\n' "$key" "$SRCPKG" "$version" \
-    "$cc_version" "$ld_version" "$(date -u +%FT%TZ)" "$((SECONDS - t0))" >"$DEST.tmp/.prepared"
+printf 'key: %s\nsource: %s %s\ncc: %s\nld: %s\nbuilt: %s in %s s, %s s CPU (make -j%s)\n' "$key" \
+    "$SRCPKG" "$version" "$cc_version" "$ld_version" "$(date -u +%FT%TZ)" "$build_s" "$build_cpu" \
+    "${DEBUG_KERNEL_JOBS:-2}" >"$DEST.tmp/.prepared"
 echo "$kver" >"$DEST.tmp/KVER"
 rm -rf "$DEST" && mv "$DEST.tmp" "$DEST"
 link_headers "$DEST"
