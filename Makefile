@@ -12,8 +12,8 @@ BUILD    ?= build
 # Kernels the module is built and tested against (Debian bookworm, bookworm-backports).
 KERNELS  ?= 6.1 6.12
 # The debug kernel (lockdep, KASAN, kmemleak), built from Debian's linux-source-6.12 with
-# scripts/debug-kernel.config; `make test-debug`, run by .ci/run after `make test` when kmod/ or
-# the debug recipe changed (docs/development.md, "The debug kernel").
+# scripts/debug-kernel.config; `make test-debug`, meant to run after `make test` when kmod/ or
+# the debug recipe changed; not yet switched on in .ci/run (docs/development.md, "The debug kernel").
 DEBUG_KERNEL ?= 6.12-debug
 PYTEST_ARGS ?=
 
@@ -69,7 +69,7 @@ test-debug: deps venv
 	@scripts/debug-test.sh $(BUILD) $(DEBUG_KERNEL)
 
 # test-debug is not part of `test`: a fresh debug kernel plus its suite costs more than CI's
-# margin, so .ci/run runs it only on a change to kmod/ or the debug recipe (docs/development.md,
+# margin, so it is scheduled for changes to kmod/ or the debug recipe only (docs/development.md,
 # "The debug kernel", "Cost, and why it is scheduled").
 test: deps venv lint test-host test-kernel
 
