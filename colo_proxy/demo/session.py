@@ -28,12 +28,13 @@ from rich.live import Live
 
 from ..errors import ColoError
 from ..topology import Topology, build, netns
-from .datapaths import DATAPATHS
+from .datapaths import DATAPATHS, KERNEL_MODULE, NEEDS_MODULE
 from .events import parse_event
 from .interrupts import Interrupts
 from .lock import PrefixLock, lock_path
 from .preflight import (
     check_kernel,
+    check_module,
     check_prefix,
     check_root,
     check_tools,
@@ -249,6 +250,8 @@ class Demo:
         self._make_log_dir()
         check_prefix(o.prefix)
         check_root()
+        if o.datapath in NEEDS_MODULE:
+            check_module(KERNEL_MODULE)
         # One demo per prefix: a second one refuses here, before it touches anything.
         self.lock.acquire()
         check_tools()
@@ -259,7 +262,7 @@ class Demo:
         # touch those of a demo running with the same prefix.
         self.owns_prefix = True
         self._remove_leftovers()
-        check_kernel(o.prefix)
+        check_kernel(o.prefix, o.datapath)
         # Not interrupted half way: pyroute2's forked helpers would finish their
         # namespace after the cleanup removed it.  The cleanup removes it all.
         with self.sig.deferred():

@@ -51,6 +51,16 @@ def _num(value: Any) -> int:
     return int(value) if isinstance(value, int | float) else 0
 
 
+def _compared(snap: DemoSnapshot) -> str:
+    """Bytes compared; the kernel datapath counts frames instead (pairs matched, frames
+    passed uncompared)."""
+    if snap.stats is not None and "bytes_compared" not in snap.stats.counters \
+            and "pairs_matched" in snap.stats.counters:
+        return (f"{_num(snap.counter('pairs_matched'))} frame pairs matched in the kernel, "
+                f"{_num(snap.counter('uncompared'))} frames passed uncompared")
+    return human_bytes(_num(snap.counter("bytes_compared")))
+
+
 def _hold(snap: DemoSnapshot) -> str:
     lat = snap.latency_last()
     if not lat.get("count"):
@@ -123,7 +133,7 @@ def render_live(snap: DemoSnapshot, duration: float, datapath: str) -> Renderabl
                    f"  [dim]({_kinds(snap)})[/dim]")
     totals.add_row("frames in", f"primary {_num(frames.get('primary'))}, "
                    f"secondary {_num(frames.get('secondary'))}")
-    totals.add_row("bytes compared", human_bytes(_num(snap.counter("bytes_compared"))))
+    totals.add_row("bytes compared", _compared(snap))
     totals.add_row("frames released", str(_num(snap.counter("released"))))
     totals.add_row("held now", f"{_num(snap.counter('held_frames_now'))} frames, "
                    f"{human_bytes(_num(snap.counter('held_bytes_now')))}")
