@@ -1,4 +1,5 @@
-"""``colo-proxy run kernel``: options and entry point (docs/datapaths.md, "kernel")."""
+"""``colo-proxy run kernel``: options and entry point (docs/architecture.md, "The control
+side in Python")."""
 
 from __future__ import annotations
 
@@ -69,4 +70,4 @@ def run(params: dict[str, Any], config: Config) -> None:
 
 COMMAND = run_command("kernel", OPTIONS, run, """Attach a PMYCOLO node of the nf_colo module:
     the kernel holds PVM output until the SVM produced the same bytes; this process
-    turns its checkpoint requests into checkpoints (root; docs/datapaths.md).""")
+    turns its checkpoint requests into checkpoints (root; docs/architecture.md).""")

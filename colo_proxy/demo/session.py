@@ -78,6 +78,8 @@ class DemoOptions:
     token_interval: float = 2.0
     stats_interval: float = 0.5
     ready_timeout: float = 30.0
+    """Seconds the services, the datapath and the captures may take to start (more under
+    emulation: ``make demo-kernel``)."""
     log_dir: str | None = None
     """Keep the children's output (stdout lines, stderr) here; default: a temporary
     directory removed at the end."""
@@ -343,8 +345,9 @@ class Demo:
         argv = [*_python_m("colo_proxy.demo.httpd"), "--port", str(SERVICE_PORT)]
         services = [self._start(f"httpd-{role}", ns, argv)
                     for role, ns in (("pvm", topo.pvm), ("svm", topo.svm))]
+        deadline = time.monotonic() + self.o.ready_timeout
         for svc in services:
-            line = svc.wait_line(timeout=15)
+            line = svc.wait_line(timeout=max(0.1, deadline - time.monotonic()))
             if line is None or not line.startswith("listening"):
                 raise ColoError(f"demo: HTTP service {svc.name} did not start: "
                                 f"{svc.stderr_tail() or 'no output'}")
@@ -373,7 +376,7 @@ class Demo:
 
     def _watch(self, driver: Child, datapath: Child) -> None:
         # The driver stops by itself after --duration; allow for a request in flight.
-        hard_stop = time.monotonic() + self.o.duration + 30.0
+        hard_stop = time.monotonic() + self.o.duration + max(30.0, self.o.ready_timeout)
         if self.live:
             with Live(self._render(), console=self.out, refresh_per_second=4,
                       transient=False) as live:
@@ -417,7 +420,7 @@ class Demo:
                 f"tcpdump-{role}", netns_name,
                 ["tcpdump", "-i", topo.vm_if, "-n", "-U", "-s", "0", "-Z", "root",
                  "-w", str(where / CAPTURE_FILES[role]), "tcp", "port", str(SERVICE_PORT)]))
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + self.o.ready_timeout
         for child in self.captures:
             while "listening on" not in child.stderr_tail(lines=5):
                 if not child.running() or time.monotonic() > deadline:
