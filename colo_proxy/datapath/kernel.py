@@ -12,6 +12,7 @@ What it does here is what the userspace datapaths do around their I/O:
   (the same ``CheckpointPolicy`` classes as the other datapaths: ``flush``,
   ``cmd``), counts it and writes the ``checkpoint-request`` event; the kernel
   resends the event while the node stays checkpoint-pending, and the resends
+  (and one that crossed our ``DO_CHECKPOINT``: the node is no longer pending)
   are only counted;
 * when the policy reports the checkpoint done, ``DO_CHECKPOINT``: the kernel
   releases every held PVM frame in order and drops the held SVM frames;
@@ -42,6 +43,7 @@ from ..compare import Engine
 from ..compare.model import CheckpointRequest, Config, ConnKey, Decision
 from ..compare.model import Reason as CompareReason
 from ..errors import ColoError, InputError
+from ..nl.constants import State
 from ..nl.model import CheckpointNeededEvent, Event, FlowTuple, Node, NodeGoneEvent
 from ..seam import CommandPolicy, EventWriter, FlushPolicy, Seam
 from ..seam.checkpoint import CheckpointPolicy
@@ -257,7 +259,8 @@ class KernelDatapath:
         self._events: Any = None
         self.seam = KernelSeam(self, config, self.policy, self.events)
         self.counters = self.seam.counters
-        for name in ("events", "events_resent", "do_checkpoint_msgs", "stats_reads"):
+        for name in ("events", "events_resent", "events_stale", "do_checkpoint_msgs",
+                     "stats_reads"):
             self.counters.io[name] = 0
         self.exit_reason = "stopped"
         self.gone: NodeGoneEvent | None = None
@@ -330,6 +333,10 @@ class KernelDatapath:
                             "stopped, held PVM output released by the node-loss rule")
         if self.seam.requesting:
             self.counters.io["events_resent"] += 1  # the kernel resends while pending
+            return
+        if self.refresh().state != State.CHECKPOINT_PENDING:
+            # A resend that crossed our DO_CHECKPOINT: no request is outstanding.
+            self.counters.io["events_stale"] += 1
             return
         self.seam.handle([checkpoint_request(event, self.now_ms())])
 

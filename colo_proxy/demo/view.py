@@ -61,6 +61,14 @@ def _compared(snap: DemoSnapshot) -> str:
     return human_bytes(_num(snap.counter("bytes_compared")))
 
 
+def _compared_short(snap: DemoSnapshot) -> str:
+    if snap.stats is not None and "bytes_compared" not in snap.stats.counters \
+            and "pairs_matched" in snap.stats.counters:
+        return (f"kernel matched {_num(snap.counter('pairs_matched'))}, uncompared "
+                f"{_num(snap.counter('uncompared'))}")
+    return f"compared {human_bytes(_num(snap.counter('bytes_compared')))}"
+
+
 def _hold(snap: DemoSnapshot) -> str:
     lat = snap.latency_last()
     if not lat.get("count"):
@@ -171,7 +179,7 @@ def progress_line(snap: DemoSnapshot) -> str:
     recent = _recent_requests(snap, 1.0)
     median = fmt_ms(LatencyHistogram(recent).pct("p50")) if recent else "-"
     line = (f"[{snap.elapsed:5.1f}s] requests {snap.requests_ok} ok/{snap.requests_failed} "
-            f"failed | compared {human_bytes(_num(snap.counter('bytes_compared')))} | "
+            f"failed | {_compared_short(snap)} | "
             f"checkpoints {len(snap.checkpoints)} | latency p50 {median}")
     return line[:PLAIN_WIDTH]
 

@@ -4,6 +4,7 @@ a real nf_colo node runs in the guest (tests/kernel/test_demo_kernel.py)."""
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -110,3 +111,19 @@ def test_kernel_figures_in_the_shape_the_views_read() -> None:
     assert (c["held_frames_now"], c["held_bytes_now"]) == (1, 60)
     assert (c["checkpoints_done"], c["checkpoint_requests"]) == (2, 3)
     assert "bytes_compared" not in c  # the kernel counts frames, not bytes
+
+
+def test_the_demo_shows_the_kernels_frame_figures() -> None:
+    from colo_proxy.demo.events import parse_event
+    from colo_proxy.demo.state import DemoState
+    from colo_proxy.demo.view import PLAIN_WIDTH, progress_line
+
+    node = Node(id=1, index=1, mode=Mode.PRIMARY, state=State.ACTIVE, owner=5,
+                dp_stats={"captured": 10, "svm-frames": 9, "matched": 6, "uncompared": 2})
+    state = DemoState()
+    state.on_datapath_event(parse_event(json.dumps(
+        {"event": "stats", "t": 1.0, "counters": kernel_counters(node), "connections": [],
+         "latency_ms": {"count": 0, "p50": None, "p99": None, "max": None}})))
+    line = progress_line(state.snapshot())
+    assert "kernel matched 6, uncompared 2" in line and "compared 0 B" not in line
+    assert len(line) <= PLAIN_WIDTH
