@@ -96,6 +96,16 @@ BASELINE_PORTS = (45000, 50000)
 """First client port of the baseline's two parts (the protected run's are 20000 up)."""
 
 
+def _helper_timeout(ready_timeout: float) -> None:
+    """pyroute2 gives its forked helpers (netns create) 2 s to answer, too little on a
+    loaded emulated guest (seen: "no response from the child" under TCG); scale it with
+    ``--ready-timeout`` (a tenth of it: 3 s at the default 30 s, 30 s at 300 s)."""
+    from pyroute2 import config as pyroute2_config
+
+    pyroute2_config.default_communicate_timeout = max(
+        pyroute2_config.default_communicate_timeout, int(ready_timeout / 10))
+
+
 def _python_m(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
@@ -250,6 +260,7 @@ class Demo:
 
             check_plot(o.plot)
         self._make_log_dir()
+        _helper_timeout(o.ready_timeout)
         check_prefix(o.prefix)
         check_root()
         if o.datapath in NEEDS_MODULE:
