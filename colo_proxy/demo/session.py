@@ -474,7 +474,7 @@ class Demo:
         driver = self._start(f"traffic-baseline-{part}", topo.client,
                              [*self._driver_argv(topo, secs), "--first-port",
                               str(BASELINE_PORTS[part - 1])], baseline=True)
-        hard_stop = time.monotonic() + secs + 30.0
+        hard_stop = time.monotonic() + secs + max(30.0, self.o.ready_timeout)
         started = time.monotonic()
         next_line = started + 1.0
         while driver.running() and time.monotonic() < hard_stop:
