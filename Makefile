@@ -24,7 +24,7 @@ APT_PKGS := build-essential pkg-config make gcc kmod cpio busybox-static xz-util
             libnetfilter-queue-dev iputils-ping util-linux libcap2-bin tcpdump curl openssl \
             flex bison libelf-dev libssl-dev
 
-.PHONY: help deps venv lint test test-host kmod test-kernel test-debug demo bench clean
+.PHONY: help deps venv lint test test-host kmod test-kernel test-debug demo demo-kernel bench clean
 
 help:
 	@echo "make demo        run the namespace demo (root)"
@@ -75,6 +75,11 @@ test: deps venv lint test-host test-kernel
 
 demo: deps venv
 	$(VENV)/bin/colo-proxy demo $(DEMO_ARGS)
+
+# The demo on the kernel datapath inside the 6.1 guest (a host that cannot load modules);
+# the live view on the console: scripts/demo-kernel.sh.
+demo-kernel: deps venv
+	@scripts/demo-kernel.sh $(BUILD) 6.1 -- $(DEMO_ARGS)
 
 bench: deps venv
 	$(VPY) bench/compare.py

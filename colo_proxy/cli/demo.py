@@ -34,9 +34,12 @@ from .types import finite_float
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="Draw request latency over time, checkpoints marked (needs matplotlib: "
                    "the 'plot' extra).")
+@click.option("--ready-timeout", type=finite_float(min=1.0), default=30.0, show_default=True,
+              help="Seconds the services, the datapath and the captures may take to start "
+                   "(raise it under emulation).")
 def demo(*, duration: float, datapath: str, prefix: str, as_json: bool, live: bool | None,
          token_interval: float, log_dir: str | None, baseline: float,
-         save_captures: str | None, plot: str | None) -> None:
+         save_captures: str | None, plot: str | None, ready_timeout: float) -> None:
     """COLO output comparison protecting real HTTP traffic between namespaces (root).
 
     Builds client, primary host, PVM, secondary host and SVM namespaces, runs the
@@ -54,7 +57,8 @@ def demo(*, duration: float, datapath: str, prefix: str, as_json: bool, live: bo
         run_demo(DemoOptions(duration=duration, datapath=datapath, prefix=prefix,
                              as_json=as_json, live=live, token_interval=token_interval,
                              log_dir=log_dir, baseline=baseline,
-                             save_captures=save_captures, plot=plot), interrupts)
+                             save_captures=save_captures, plot=plot,
+                             ready_timeout=ready_timeout), interrupts)
     finally:
         interrupts.finish()
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import click
 
-from . import run_nfqueue, run_qemu_socket
+from . import run_kernel, run_nfqueue, run_qemu_socket
 
 
 @click.group(name="run")
 def run() -> None:
-    """Run a userspace datapath until SIGTERM/SIGINT."""
+    """Run a datapath until SIGTERM/SIGINT."""
 
 
 run.add_command(run_nfqueue.COMMAND)
 run.add_command(run_qemu_socket.COMMAND)
+run.add_command(run_kernel.COMMAND)
 
 COMMANDS = [run]

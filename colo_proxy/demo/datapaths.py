@@ -1,5 +1,5 @@
-"""How the demo starts each datapath.  Only ``nfqueue`` exists for now; a kernel
-datapath slots in as another entry of ``DATAPATHS`` (same event stream)."""
+"""How the demo starts each datapath: ``nfqueue`` (userspace) and ``kernel`` (the
+nf_colo module's PMYCOLO node).  Both write the same event stream."""
 
 from __future__ import annotations
 
@@ -23,6 +23,19 @@ def nfqueue_argv(topo: Topology, stats_interval: float) -> list[str]:
             "--checkpoint", "flush", "--events", "-", "--stats-interval", str(stats_interval)]
 
 
+def kernel_argv(topo: Topology, stats_interval: float) -> list[str]:
+    # The PVM's output arrives on phost's to-pvm (the "tap"), the SVM's on the forward
+    # link; the kernel holds, compares and releases, this process only drives it.
+    return [*CLI, "run", "kernel", "--netns", topo.phost,
+            "--pvm-if", topo.phost_pvm_if, "--fwd-if", topo.phost_fwd_if,
+            "--checkpoint", "flush", "--events", "-", "--stats-interval", str(stats_interval)]
+
+
 DATAPATHS: dict[str, Callable[[Topology, float], list[str]]] = {
     "nfqueue": nfqueue_argv,
+    "kernel": kernel_argv,
 }
+
+KERNEL_MODULE = "nf_colo"
+NEEDS_MODULE = {"kernel"}
+"""Datapaths that need the kernel module loaded (the demo checks it first)."""

@@ -32,10 +32,14 @@ PROBES: list[tuple[str, str, list[str]]] = [
     ("tc u32 filter with mirred action", "CONFIG_NET_CLS_U32 / CONFIG_NET_ACT_MIRRED",
      ["tc", "filter", "add", "dev", "cp0", "egress", "protocol", "all", "u32",
       "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", "cp1"]),
-    ("iptables NFQUEUE target", "CONFIG_NETFILTER_XT_TARGET_NFQUEUE",
-     ["iptables", "-w", "-t", "mangle", "-A", "PREROUTING", "-i", "cp0",
-      "-j", "NFQUEUE", "--queue-num", "7"]),
+    ("iptables raw table", "CONFIG_IP_NF_RAW",
+     ["iptables", "-w", "-t", "raw", "-A", "PREROUTING", "-i", "cp1", "-j", "DROP"]),
 ]
+NFQUEUE_PROBE = ("iptables NFQUEUE target", "CONFIG_NETFILTER_XT_TARGET_NFQUEUE",
+                 ["iptables", "-w", "-t", "mangle", "-A", "PREROUTING", "-i", "cp0",
+                  "-j", "NFQUEUE", "--queue-num", "7"])
+DATAPATH_PROBES: dict[str, list[tuple[str, str, list[str]]]] = {"nfqueue": [NFQUEUE_PROBE]}
+"""What only one datapath needs (the raw table: every demo's baseline)."""
 
 
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -76,8 +80,17 @@ def probe_namespace(prefix: str) -> str:
     return f"{prefix}-probe"
 
 
-def check_kernel(prefix: str) -> None:
-    """Probe the kernel features in ``<prefix>-probe`` (always removed again)."""
+def check_module(module: str = "nf_colo") -> None:
+    """The kernel datapath needs the module loaded (``colo-proxy load``)."""
+    if not os.path.isdir(f"/sys/module/{module}"):
+        raise ColoError(f"demo: the kernel datapath needs the {module} module, which is not "
+                        "loaded; run: colo-proxy load (on a host that cannot load modules: "
+                        "make demo-kernel runs the demo in a guest kernel)")
+
+
+def check_kernel(prefix: str, datapath: str = "nfqueue") -> None:
+    """Probe the kernel features in ``<prefix>-probe`` (always removed again) that the
+    topology, the baseline and ``datapath`` use."""
     if not os.path.exists("/proc/self/ns/net"):
         raise ColoError("demo: the kernel lacks network namespaces (CONFIG_NET_NS)")
     probe = probe_namespace(prefix)
@@ -86,7 +99,7 @@ def check_kernel(prefix: str) -> None:
     if made.returncode != 0:
         raise ColoError(f"demo: cannot create a network namespace: {made.stderr.strip()}")
     try:
-        for feature, config, argv in PROBES:
+        for feature, config, argv in [*PROBES, *DATAPATH_PROBES.get(datapath, [])]:
             res = _run(["ip", "netns", "exec", probe, *argv])
             if res.returncode != 0:
                 why = res.stderr.strip().splitlines()[-1:] or ["failed"]

@@ -28,12 +28,13 @@ from rich.live import Live
 
 from ..errors import ColoError
 from ..topology import Topology, build, netns
-from .datapaths import DATAPATHS
+from .datapaths import DATAPATHS, KERNEL_MODULE, NEEDS_MODULE
 from .events import parse_event
 from .interrupts import Interrupts
 from .lock import PrefixLock, lock_path
 from .preflight import (
     check_kernel,
+    check_module,
     check_prefix,
     check_root,
     check_tools,
@@ -77,6 +78,8 @@ class DemoOptions:
     token_interval: float = 2.0
     stats_interval: float = 0.5
     ready_timeout: float = 30.0
+    """Seconds the services, the datapath and the captures may take to start (more under
+    emulation: ``make demo-kernel``)."""
     log_dir: str | None = None
     """Keep the children's output (stdout lines, stderr) here; default: a temporary
     directory removed at the end."""
@@ -91,6 +94,16 @@ class DemoOptions:
 CAPTURE_FILES = {"pvm": "primary.pcap", "svm": "secondary.pcap"}
 BASELINE_PORTS = (45000, 50000)
 """First client port of the baseline's two parts (the protected run's are 20000 up)."""
+
+
+def _helper_timeout(ready_timeout: float) -> None:
+    """pyroute2 gives its forked helpers (netns create) 2 s to answer, too little on a
+    loaded emulated guest (seen: "no response from the child" under TCG); scale it with
+    ``--ready-timeout`` (a tenth of it: 3 s at the default 30 s, 30 s at 300 s)."""
+    from pyroute2 import config as pyroute2_config
+
+    pyroute2_config.default_communicate_timeout = max(
+        pyroute2_config.default_communicate_timeout, int(ready_timeout / 10))
 
 
 def _python_m(module: str) -> list[str]:
@@ -247,8 +260,11 @@ class Demo:
 
             check_plot(o.plot)
         self._make_log_dir()
+        _helper_timeout(o.ready_timeout)
         check_prefix(o.prefix)
         check_root()
+        if o.datapath in NEEDS_MODULE:
+            check_module(KERNEL_MODULE)
         # One demo per prefix: a second one refuses here, before it touches anything.
         self.lock.acquire()
         check_tools()
@@ -259,7 +275,7 @@ class Demo:
         # touch those of a demo running with the same prefix.
         self.owns_prefix = True
         self._remove_leftovers()
-        check_kernel(o.prefix)
+        check_kernel(o.prefix, o.datapath)
         # Not interrupted half way: pyroute2's forked helpers would finish their
         # namespace after the cleanup removed it.  The cleanup removes it all.
         with self.sig.deferred():
@@ -340,8 +356,9 @@ class Demo:
         argv = [*_python_m("colo_proxy.demo.httpd"), "--port", str(SERVICE_PORT)]
         services = [self._start(f"httpd-{role}", ns, argv)
                     for role, ns in (("pvm", topo.pvm), ("svm", topo.svm))]
+        deadline = time.monotonic() + self.o.ready_timeout
         for svc in services:
-            line = svc.wait_line(timeout=15)
+            line = svc.wait_line(timeout=max(0.1, deadline - time.monotonic()))
             if line is None or not line.startswith("listening"):
                 raise ColoError(f"demo: HTTP service {svc.name} did not start: "
                                 f"{svc.stderr_tail() or 'no output'}")
@@ -370,7 +387,7 @@ class Demo:
 
     def _watch(self, driver: Child, datapath: Child) -> None:
         # The driver stops by itself after --duration; allow for a request in flight.
-        hard_stop = time.monotonic() + self.o.duration + 30.0
+        hard_stop = time.monotonic() + self.o.duration + max(30.0, self.o.ready_timeout)
         if self.live:
             with Live(self._render(), console=self.out, refresh_per_second=4,
                       transient=False) as live:
@@ -414,7 +431,7 @@ class Demo:
                 f"tcpdump-{role}", netns_name,
                 ["tcpdump", "-i", topo.vm_if, "-n", "-U", "-s", "0", "-Z", "root",
                  "-w", str(where / CAPTURE_FILES[role]), "tcp", "port", str(SERVICE_PORT)]))
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + self.o.ready_timeout
         for child in self.captures:
             while "listening on" not in child.stderr_tail(lines=5):
                 if not child.running() or time.monotonic() > deadline:
@@ -457,7 +474,7 @@ class Demo:
         driver = self._start(f"traffic-baseline-{part}", topo.client,
                              [*self._driver_argv(topo, secs), "--first-port",
                               str(BASELINE_PORTS[part - 1])], baseline=True)
-        hard_stop = time.monotonic() + secs + 30.0
+        hard_stop = time.monotonic() + secs + max(30.0, self.o.ready_timeout)
         started = time.monotonic()
         next_line = started + 1.0
         while driver.running() and time.monotonic() < hard_stop:

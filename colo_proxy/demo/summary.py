@@ -330,8 +330,17 @@ def print_headline(console: Console, summary: dict[str, Any]) -> None:
         say(Text(f"  {HOLD_NOTE_0}", style="dim"))
         if hold["max"] > 150.0:
             say(Text(f"  {HOLD_NOTE_200}", style="dim"))
-    say(f"compared {human_bytes(int(summary['bytes_compared']))} of the replicas' output, "
-        f"released {summary['frames_released']} primary frames to the client")
+    counters = summary["counters"]
+    if "bytes_compared" not in counters and "pairs_matched" in counters:
+        # The kernel datapath counts frames, not bytes.
+        say(f"the kernel matched {counters['pairs_matched']} frame pairs and released "
+            f"{summary['frames_released']} primary frames to the client")
+        if counters.get("uncompared"):
+            say(Text(f"  {counters['uncompared']} primary frames passed uncompared: this "
+                     "kernel does not compare TCP yet (docs/architecture.md)", style="yellow"))
+    else:
+        say(f"compared {human_bytes(int(summary['bytes_compared']))} of the replicas' "
+            f"output, released {summary['frames_released']} primary frames to the client")
     say(Text(FLUSH_NOTE, style="italic"))
     if req["failed"]:
         say(Text(f"{req['failed']} requests failed, first: "

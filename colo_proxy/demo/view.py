@@ -51,6 +51,24 @@ def _num(value: Any) -> int:
     return int(value) if isinstance(value, int | float) else 0
 
 
+def _compared(snap: DemoSnapshot) -> str:
+    """Bytes compared; the kernel datapath counts frames instead (pairs matched, frames
+    passed uncompared)."""
+    if snap.stats is not None and "bytes_compared" not in snap.stats.counters \
+            and "pairs_matched" in snap.stats.counters:
+        return (f"{_num(snap.counter('pairs_matched'))} frame pairs matched in the kernel, "
+                f"{_num(snap.counter('uncompared'))} frames passed uncompared")
+    return human_bytes(_num(snap.counter("bytes_compared")))
+
+
+def _compared_short(snap: DemoSnapshot) -> str:
+    if snap.stats is not None and "bytes_compared" not in snap.stats.counters \
+            and "pairs_matched" in snap.stats.counters:
+        return (f"kernel matched {_num(snap.counter('pairs_matched'))}, uncompared "
+                f"{_num(snap.counter('uncompared'))}")
+    return f"compared {human_bytes(_num(snap.counter('bytes_compared')))}"
+
+
 def _hold(snap: DemoSnapshot) -> str:
     lat = snap.latency_last()
     if not lat.get("count"):
@@ -123,7 +141,7 @@ def render_live(snap: DemoSnapshot, duration: float, datapath: str) -> Renderabl
                    f"  [dim]({_kinds(snap)})[/dim]")
     totals.add_row("frames in", f"primary {_num(frames.get('primary'))}, "
                    f"secondary {_num(frames.get('secondary'))}")
-    totals.add_row("bytes compared", human_bytes(_num(snap.counter("bytes_compared"))))
+    totals.add_row("bytes compared", _compared(snap))
     totals.add_row("frames released", str(_num(snap.counter("released"))))
     totals.add_row("held now", f"{_num(snap.counter('held_frames_now'))} frames, "
                    f"{human_bytes(_num(snap.counter('held_bytes_now')))}")
@@ -161,7 +179,7 @@ def progress_line(snap: DemoSnapshot) -> str:
     recent = _recent_requests(snap, 1.0)
     median = fmt_ms(LatencyHistogram(recent).pct("p50")) if recent else "-"
     line = (f"[{snap.elapsed:5.1f}s] requests {snap.requests_ok} ok/{snap.requests_failed} "
-            f"failed | compared {human_bytes(_num(snap.counter('bytes_compared')))} | "
+            f"failed | {_compared_short(snap)} | "
             f"checkpoints {len(snap.checkpoints)} | latency p50 {median}")
     return line[:PLAIN_WIDTH]
 
