@@ -1,9 +1,11 @@
 """The datapath seam: the one place where engine decisions become actions.
 
-Every datapath (``colo_proxy/datapath/``: NFQUEUE, qemu-socket; the kernel
-datapath to come) keeps only its I/O: it reads frames, pushes them into the
-``Engine`` and hands the decisions to a ``Seam``.  The seam does the rest, the
-same way for every datapath:
+Every userspace datapath (``colo_proxy/datapath/``: NFQUEUE, qemu-socket) keeps
+only its I/O: it reads frames, pushes them into the ``Engine`` and hands the
+decisions to a ``Seam``.  The kernel datapath (``datapath/kernel.py``) has the
+nf_colo node in the engine's place: the kernel releases and drops by itself, and
+its checkpoint requests reach the same ``Seam`` (``KernelSeam``), policies,
+counters and events.  The seam does the rest, the same way for every datapath:
 
 * ``seam.py``: ``Seam`` -- routes decisions: releases and primary drops to the
   datapath's ``DatapathIO``, checkpoint requests to the checkpoint policy, and
