@@ -39,6 +39,7 @@
 #include <linux/interrupt.h>
 #include <linux/random.h>
 #include <linux/rhashtable.h>
+#include <linux/if_vlan.h>
 
 #include "colo_core.h"
 #include "colo_dp.h"
@@ -503,6 +504,34 @@ static void colo_dp_finish(struct colo_dp *dp, struct colo_dp_ctx *ctx)
 /* ---- the hooks ------------------------------------------------------------ */
 
 /*
+ * The outer VLAN tag the stack took out of the frame (skb_vlan_untag() in
+ * __netif_receive_skb_core(), or the device's rx offload) goes back into it, so that
+ * the core keys and compares the frame as the VM sent it, as the engine does.  The skb
+ * is then as eth_type_trans() leaves a tagged frame (data at the VLAN header,
+ * protocol the TPID): netif_receive_skb() untags it again at release.
+ */
+static int colo_dp_vlan_inline(struct sk_buff *skb)
+{
+	int err;
+
+	if (skb->data - skb_mac_header(skb) != ETH_HLEN)
+		return -EINVAL;
+	skb_push(skb, ETH_HLEN);
+	err = __vlan_insert_tag(skb, skb->vlan_proto, skb_vlan_tag_get(skb));
+	if (err) {
+		skb_pull(skb, ETH_HLEN);
+		return err;
+	}
+	skb->protocol = skb->vlan_proto;
+	__vlan_hwaccel_clear_tag(skb);
+	skb_pull(skb, ETH_HLEN);
+	skb_postpush_rcsum(skb, skb->data, VLAN_HLEN);
+	skb_reset_network_header(skb);
+	skb->mac_len = ETH_HLEN;
+	return 0;
+}
+
+/*
  * Make @skb ours to hold and read linearly.  Returns the skb to use (a clone if it
  * was shared) or NULL when it was freed.  *@same says it is still the hook's skb.
  */
@@ -523,6 +552,13 @@ static struct sk_buff *colo_dp_own(struct sk_buff *skb, bool *same)
 	if (skb_orphan_frags_rx(skb, GFP_ATOMIC) || skb_linearize(skb)) {
 		kfree_skb(skb);
 		return NULL;
+	}
+	if (skb_vlan_tag_present(skb)) {
+		if (colo_dp_vlan_inline(skb)) {
+			kfree_skb(skb);
+			return NULL;
+		}
+		*same = false;	/* changed: it must go round again, not on */
 	}
 	return skb;
 }
