@@ -14,11 +14,16 @@
  * ingress once and meet the bridge (bridged) or ip_rcv (routed) as they would
  * have.  Never from inside a hook.
  *
- * Interim (docs/architecture.md): TCP is not in the C compare core yet, so PVM
- * TCP frames pass uncompared (counted in dp-uncompared) and the SVM's TCP frames
- * are consumed.  One node per tap and per forward device (no demultiplexing by
- * VM MAC or VLAN yet).  The connection table is a fixed hash per node under
- * the node's datapath lock; idle connections are forgotten at each checkpoint.
+ * Compare: TCP by stream offset (cmp_tcp.c), everything else FIFO (cmp_fifo.c),
+ * with the semantics of colo_proxy/compare/engine.py: the connection table is an
+ * rhashtable keyed by the directional key (tuple + VLAN tags, struct colo_cmp_key)
+ * with an LRU for idle eviction at max-connections, closed TCP connections retire
+ * (kept with their numbering for late frames, at most COLO_DP_RETIRED_MAX per node,
+ * in the same table with a flag), and do-checkpoint re-bases the connections that
+ * held frames, the others on their next frame (epoch).
+ *
+ * Interim (docs/architecture.md): one node per tap and per forward device (no
+ * demultiplexing by VM MAC or VLAN yet).
  *
  * Locking and references: colo_dp.h.
  */
@@ -33,6 +38,8 @@
 #include <linux/slab.h>
 #include <linux/interrupt.h>
 #include <linux/random.h>
+#include <linux/rhashtable.h>
+#include <linux/if_vlan.h>
 
 #include "colo_core.h"
 #include "colo_dp.h"
@@ -45,14 +52,34 @@
 #error "nf_colo's datapath needs skb->tc_skip_classify (CONFIG_NET_CLS_ACT or CONFIG_NET_XGRESS)"
 #endif
 
-#define COLO_DP_HASH_BITS	8
+#define COLO_DP_EVICT_SCAN	16	/* limits.py evict_idle() */
+#define COLO_DP_RETIRED_MAX	4096	/* engine.py RETIRED_MAX */
 #define COLO_DP_BUDGET		64	/* frames re-injected per tasklet run */
 #define COLO_DP_SCAN_MIN_MS	10
 #define COLO_DP_SCAN_MAX_MS	100
 
+/*
+ * One tracked connection (direction).  In dp->conns from creation until it is
+ * evicted, forgotten from the retired list, or the dp goes; on dp->lru while live,
+ * on dp->retired while retired (engine.py _retired).  All under dp->lock; the
+ * rhashtable's own bucket locks only order its rehash worker against our inserts
+ * and removals, and every lookup is made under dp->lock, so an entry removed under
+ * it can be freed at once.
+ */
 struct colo_dp_conn {
-	struct hlist_node hnode;
+	struct rhash_head rnode;
+	struct list_head lru;		/* dp->lru, dp->retired, or checkpoint's grave */
+	struct colo_dp_conn *touched_next;	/* checkpoint: connections that held frames */
+	u32 touched;			/* checkpoint: dp->visit when listed */
+	bool retired;
 	struct colo_cmp_conn c;
+};
+
+static const struct rhashtable_params colo_dp_conn_params = {
+	.head_offset = offsetof(struct colo_dp_conn, rnode),
+	.key_offset = offsetof(struct colo_dp_conn, c.key),
+	.key_len = sizeof(struct colo_cmp_key),
+	.automatic_shrinking = true,
 };
 
 /* What one locked call decided, acted on after the lock is dropped. */
@@ -83,7 +110,13 @@ struct colo_dp {
 	bool stopped;			/* detaching: hooks pass (tap) or drop (fwd) */
 	struct colo_dp_ctx *ctx;	/* the locked call's decision sink */
 	struct colo_cmp_core core;
-	struct hlist_head table[1 << COLO_DP_HASH_BITS];
+	struct rhashtable conns;	/* struct colo_dp_conn by c.key */
+	struct list_head lru;		/* live connections, least recently used first */
+	struct list_head retired;	/* retired ones, least recently retired first */
+	u32 nretired;
+	u32 visit;			/* checkpoint's mark */
+	bool deferring;			/* checkpoint: forgotten retired ones go to grave */
+	struct list_head grave;
 	struct sk_buff_head rxq;	/* released, awaiting the tasklet (__skb_* under lock) */
 
 	struct tasklet_struct tasklet;
@@ -93,6 +126,7 @@ struct colo_dp {
 
 static LIST_HEAD(colo_dp_list);		/* RTNL */
 static struct kmem_cache *colo_held_cache __read_mostly;
+static struct kmem_cache *colo_conn_cache __read_mostly;
 
 static s64 colo_dp_now(void)
 {
@@ -142,67 +176,186 @@ static void colo_dp_free_held(struct colo_cmp_core *core, struct colo_cmp_held *
 	kmem_cache_free(colo_held_cache, h);
 }
 
+/* The TCP streams' pending bytes and out-of-order segments: softirq, under dp->lock.
+ * NULL makes the connection ask for a checkpoint (colo_cmp_tcp_push()).
+ */
+static void *colo_dp_alloc(struct colo_cmp_core *core, size_t size)
+{
+	return kmalloc(size, GFP_ATOMIC | __GFP_NOWARN);
+}
+
+static void colo_dp_kfree(struct colo_cmp_core *core, void *p)
+{
+	kfree(p);
+}
+
 /* ---- connection table (under dp->lock) ----------------------------------- */
 
-static u32 colo_dp_hash(const struct colo_dp *dp, const struct colo_cmp_key *k)
+static struct colo_dp_conn *dconn(struct colo_cmp_conn *c)
 {
-	return jhash(k, sizeof(*k), dp->seed) & ((1 << COLO_DP_HASH_BITS) - 1);
+	return container_of(c, struct colo_dp_conn, c);
 }
 
-static struct colo_cmp_conn *colo_dp_lookup(struct colo_dp *dp, const struct colo_cmp_key *k)
+static struct colo_dp_conn *colo_dp_lookup(struct colo_dp *dp, const struct colo_cmp_key *k)
 {
+	return rhashtable_lookup_fast(&dp->conns, k, colo_dp_conn_params);
+}
+
+static void colo_dp_free_conn(struct colo_dp *dp, struct colo_dp_conn *dc)
+{
+	if (dc->c.kind == COLO_CMP_CONN_TCP)
+		colo_cmp_tcp_free(&dp->core, &dc->c);
+	kmem_cache_free(colo_conn_cache, dc);
+}
+
+/* Out of the table and its list, then freed (or into the grave). */
+static void colo_dp_unlink_conn(struct colo_dp *dp, struct colo_dp_conn *dc)
+{
+	rhashtable_remove_fast(&dp->conns, &dc->rnode, colo_dp_conn_params);
+	list_del(&dc->lru);
+}
+
+static bool colo_dp_busy(const struct colo_cmp_conn *c)
+{
+	return c->held_p || c->held_s || c->diverged;
+}
+
+/* limits.py evict_idle(): the least recently used idle connection goes. */
+static bool colo_dp_evict_idle(struct colo_dp *dp)
+{
+	struct colo_cmp_counters *st = &dp->core.st;
+	s64 scan = min_t(s64, st->connections_now, COLO_DP_EVICT_SCAN);
 	struct colo_dp_conn *dc;
+	s64 i;
 
-	hlist_for_each_entry(dc, &dp->table[colo_dp_hash(dp, k)], hnode)
-		if (!memcmp(&dc->c.key, k, sizeof(*k)))
-			return &dc->c;
-	return NULL;
+	for (i = 0; i < scan; i++) {
+		dc = list_first_entry(&dp->lru, struct colo_dp_conn, lru);
+		if (colo_dp_busy(&dc->c)) {
+			list_move_tail(&dc->lru, &dp->lru);
+			continue;
+		}
+		colo_dp_unlink_conn(dp, dc);
+		colo_dp_free_conn(dp, dc);
+		st->connections_evicted++;
+		st->connections_now--;
+		return true;
+	}
+	return false;
 }
 
-/* engine.py new_conn() without eviction (interim: idle connections go at checkpoints). */
-static struct colo_cmp_conn *colo_dp_new_conn(struct colo_dp *dp, const struct colo_cmp_pkt *pkt,
-					      s64 now)
+/*
+ * engine.py _new_conn(): @rdc is the retired connection with this key, if any; it
+ * comes back with its numbering.  NULL over the hard limit or out of memory.
+ */
+static struct colo_dp_conn *colo_dp_new_conn(struct colo_dp *dp, const struct colo_cmp_pkt *pkt,
+					     struct colo_dp_conn *rdc, s64 now)
 {
 	struct colo_cmp_core *core = &dp->core;
 	struct colo_cmp_counters *st = &core->st;
-	struct colo_dp_conn *dc;
+	struct colo_dp_conn *dc = rdc;
 	bool over;
 
-	over = st->connections_now >= core->cfg.max_connections;
+	over = st->connections_now >= core->cfg.max_connections && !colo_dp_evict_idle(dp);
 	if (over && st->connections_now >= 2 * (s64)core->cfg.max_connections)
 		return NULL;
-	dc = kzalloc(sizeof(*dc), GFP_ATOMIC);
-	if (!dc)
-		return NULL;
-	dc->c.key = pkt->key;
-	dc->c.epoch = core->epoch;
-	dc->c.kind = COLO_CMP_CONN_FIFO;
-	hlist_add_head(&dc->hnode, &dp->table[colo_dp_hash(dp, &pkt->key)]);
+	if (dc) {
+		list_del(&dc->lru);
+		dp->nretired--;
+		dc->retired = false;
+	} else {
+		dc = kmem_cache_zalloc(colo_conn_cache, GFP_ATOMIC | __GFP_NOWARN);
+		if (!dc)
+			return NULL;
+		dc->c.key = pkt->key;
+		dc->c.epoch = core->epoch;
+		dc->c.kind = pkt->cls == COLO_CMP_TCP ? COLO_CMP_CONN_TCP : COLO_CMP_CONN_FIFO;
+		if (dc->c.kind == COLO_CMP_CONN_TCP)
+			colo_cmp_tcp_init(&dc->c);
+		if (rhashtable_insert_fast(&dp->conns, &dc->rnode, colo_dp_conn_params)) {
+			kmem_cache_free(colo_conn_cache, dc);
+			return NULL;
+		}
+	}
+	list_add_tail(&dc->lru, &dp->lru);
 	st->connections_now++;
 	if (over && !core->connection_flag) {
 		core->connection_flag = true;
 		colo_cmp_request(core, COLO_CMP_CONNECTION_LIMIT, &dc->c, now, NULL, NULL, 0, 0);
 	}
-	return &dc->c;
+	return dc;
 }
 
+/* engine.py _bury(): onto the retired list, forgetting the least recently retired. */
+static void colo_dp_bury(struct colo_dp *dp, struct colo_dp_conn *dc)
+{
+	struct colo_dp_conn *old;
+
+	if (dc->retired)
+		return;
+	dc->retired = true;
+	list_move_tail(&dc->lru, &dp->retired);
+	dp->core.st.connections_now--;
+	if (++dp->nretired <= COLO_DP_RETIRED_MAX)
+		return;
+	old = list_first_entry(&dp->retired, struct colo_dp_conn, lru);
+	colo_dp_unlink_conn(dp, old);
+	dp->nretired--;
+	if (dp->deferring)
+		list_add_tail(&old->lru, &dp->grave);	/* checkpoint may still visit it */
+	else
+		colo_dp_free_conn(dp, old);
+}
+
+/* engine.py _retire(): a closed connection retires; with a tracked reverse
+ * direction, when that one is closed and idle too (it retires first).
+ */
+static void colo_dp_retire(struct colo_dp *dp, struct colo_dp_conn *dc)
+{
+	struct colo_cmp_key rk = dc->c.key;
+	struct colo_dp_conn *other;
+
+	rk.sport = dc->c.key.dport;
+	rk.dport = dc->c.key.sport;
+	memcpy(rk.src, dc->c.key.dst, sizeof(rk.src));
+	memcpy(rk.dst, dc->c.key.src, sizeof(rk.dst));
+	rk.frag = 0;
+	other = colo_dp_lookup(dp, &rk);
+	if (other && !other->retired && other != dc) {
+		if (!other->c.closed || colo_dp_busy(&other->c))
+			return;
+		colo_dp_bury(dp, other);
+	}
+	colo_dp_bury(dp, dc);
+}
+
+static void colo_dp_rebase(struct colo_dp *dp, struct colo_cmp_conn *c, u64 epoch)
+{
+	if (c->kind == COLO_CMP_CONN_TCP)
+		colo_cmp_tcp_rebase(&dp->core, c, epoch);
+	else
+		colo_cmp_fifo_rebase(c, epoch);
+}
+
+/* Every connection goes (detach).  The hooks are gone; under dp->lock. */
 static void colo_dp_forget_conns(struct colo_dp *dp)
 {
-	struct colo_dp_conn *dc;
-	struct hlist_node *tmp;
-	int i;
+	struct colo_dp_conn *dc, *tmp;
 
-	for (i = 0; i < ARRAY_SIZE(dp->table); i++)
-		hlist_for_each_entry_safe(dc, tmp, &dp->table[i], hnode) {
-			hlist_del(&dc->hnode);
-			kfree(dc);
-		}
+	list_for_each_entry_safe(dc, tmp, &dp->lru, lru) {
+		colo_dp_unlink_conn(dp, dc);
+		colo_dp_free_conn(dp, dc);
+	}
+	list_for_each_entry_safe(dc, tmp, &dp->retired, lru) {
+		colo_dp_unlink_conn(dp, dc);
+		colo_dp_free_conn(dp, dc);
+	}
+	dp->nretired = 0;
 	dp->core.st.connections_now = 0;
 }
 
 /* ---- one frame into the core (under dp->lock) ------------------------------ */
 
-/* engine.py push() for FIFO and EMPTY frames; every outcome is a decision. */
+/* engine.py push() for TCP, FIFO and EMPTY frames; every outcome is a decision. */
 static void colo_dp_push(struct colo_dp *dp, u8 side, struct sk_buff *skb,
 			 const struct colo_cmp_pkt *pkt, u32 len, s64 now)
 {
@@ -210,40 +363,46 @@ static void colo_dp_push(struct colo_dp *dp, u8 side, struct sk_buff *skb,
 	struct colo_cmp_counters *st = &core->st;
 	u64 tag = (unsigned long)skb;
 	struct colo_cmp_held *h;
+	struct colo_dp_conn *dc;
 	struct colo_cmp_conn *conn;
+	bool held;
 	s64 count;
 
 	st->frames[side]++;
 	st->bytes[side] += len;
-	if (pkt->cls != COLO_CMP_FIFO) {
+	if (pkt->cls != COLO_CMP_FIFO && pkt->cls != COLO_CMP_TCP) {
 		st->malformed++;
 		colo_cmp_drop(core, side, tag, NULL, COLO_CMP_MALFORMED);
 		goto expire;
 	}
-	conn = colo_dp_lookup(dp, &pkt->key);
-	if (!conn)
-		conn = colo_dp_new_conn(dp, pkt, now);
-	if (pkt->malformed)
+	dc = colo_dp_lookup(dp, &pkt->key);
+	if (!dc || dc->retired)
+		dc = colo_dp_new_conn(dp, pkt, dc, now);
+	else
+		list_move_tail(&dc->lru, &dp->lru);
+	if (pkt->cls == COLO_CMP_FIFO && pkt->malformed)
 		st->malformed++;
-	if (!conn) {
+	if (!dc) {
 		st->overflow++;
 		colo_cmp_drop(core, side, tag, NULL, COLO_CMP_OVERFLOW);
 		goto expire;
 	}
+	conn = &dc->c;
 	if (conn->epoch != core->epoch)
-		colo_cmp_fifo_rebase(conn, core->epoch);
+		colo_dp_rebase(dp, conn, core->epoch);
 	count = side ? conn->held_s : conn->held_p;
+	/* the byte limit counts held memory (skb truesize), the engine wire bytes */
 	if (count >= 2 * (s64)core->cfg.max_queue_per_conn ||
 	    st->held_bytes_now + skb->truesize > 2 * (s64)core->cfg.max_held_bytes) {
 		st->overflow++;
 		colo_cmp_drop(core, side, tag, conn, COLO_CMP_OVERFLOW);
-		goto expire;
+		goto conn_done;
 	}
-	h = kmem_cache_zalloc(colo_held_cache, GFP_ATOMIC);
+	h = kmem_cache_zalloc(colo_held_cache, GFP_ATOMIC | __GFP_NOWARN);
 	if (!h) {
 		st->overflow++;
 		colo_cmp_drop(core, side, tag, conn, COLO_CMP_OVERFLOW);
-		goto expire;
+		goto conn_done;
 	}
 	h->side = side;
 	h->tag = tag;
@@ -253,8 +412,15 @@ static void colo_dp_push(struct colo_dp *dp, u8 side, struct sk_buff *skb,
 	h->body = pkt->body;
 	h->body_len = pkt->body_len;
 	h->frame = skb;
-	if (!colo_cmp_fifo_push(core, conn, h, now))
+	if (pkt->cls == COLO_CMP_TCP)
+		held = colo_cmp_tcp_push(core, conn, h, pkt, now);
+	else
+		held = colo_cmp_fifo_push(core, conn, h, now);
+	if (!held)
 		kmem_cache_free(colo_held_cache, h);	/* decided at once */
+conn_done:
+	if (conn->closed && !conn->held_p && !conn->held_s)
+		colo_dp_retire(dp, dc);
 expire:
 	colo_cmp_prune(core);
 	if (core->arrivals && now - core->arrivals->arrival >= core->cfg.compare_timeout_us)
@@ -338,6 +504,34 @@ static void colo_dp_finish(struct colo_dp *dp, struct colo_dp_ctx *ctx)
 /* ---- the hooks ------------------------------------------------------------ */
 
 /*
+ * The outer VLAN tag the stack took out of the frame (skb_vlan_untag() in
+ * __netif_receive_skb_core(), or the device's rx offload) goes back into it, so that
+ * the core keys and compares the frame as the VM sent it, as the engine does.  The skb
+ * is then as eth_type_trans() leaves a tagged frame (data at the VLAN header,
+ * protocol the TPID): netif_receive_skb() untags it again at release.
+ */
+static int colo_dp_vlan_inline(struct sk_buff *skb)
+{
+	int err;
+
+	if (skb->data - skb_mac_header(skb) != ETH_HLEN)
+		return -EINVAL;
+	skb_push(skb, ETH_HLEN);
+	err = __vlan_insert_tag(skb, skb->vlan_proto, skb_vlan_tag_get(skb));
+	if (err) {
+		skb_pull(skb, ETH_HLEN);
+		return err;
+	}
+	skb->protocol = skb->vlan_proto;
+	__vlan_hwaccel_clear_tag(skb);
+	skb_pull(skb, ETH_HLEN);
+	skb_postpush_rcsum(skb, skb->data, VLAN_HLEN);
+	skb_reset_network_header(skb);
+	skb->mac_len = ETH_HLEN;
+	return 0;
+}
+
+/*
  * Make @skb ours to hold and read linearly.  Returns the skb to use (a clone if it
  * was shared) or NULL when it was freed.  *@same says it is still the hook's skb.
  */
@@ -358,6 +552,13 @@ static struct sk_buff *colo_dp_own(struct sk_buff *skb, bool *same)
 	if (skb_orphan_frags_rx(skb, GFP_ATOMIC) || skb_linearize(skb)) {
 		kfree_skb(skb);
 		return NULL;
+	}
+	if (skb_vlan_tag_present(skb)) {
+		if (colo_dp_vlan_inline(skb)) {
+			kfree_skb(skb);
+			return NULL;
+		}
+		*same = false;	/* changed: it must go round again, not on */
 	}
 	return skb;
 }
@@ -411,10 +612,9 @@ static unsigned int colo_dp_tap_hook(void *priv, struct sk_buff *skb,
 	colo_dp_frame(skb, &frame, &len);
 	colo_cmp_parse(frame, len, 0, &pkt);
 	colo_node_count(node, COLO_PCPU_DP_CAPTURED);
-	if (pkt.cls == COLO_CMP_CONTROL || pkt.cls == COLO_CMP_TCP) {
-		/* ARP, ND, non-IP: straight through; TCP: uncompared (interim) */
-		colo_node_count(node, pkt.cls == COLO_CMP_TCP ? COLO_PCPU_DP_UNCOMPARED :
-				COLO_PCPU_DP_CONTROL_PASSED);
+	if (pkt.cls == COLO_CMP_CONTROL) {
+		/* ARP, ND, non-IP: straight through */
+		colo_node_count(node, COLO_PCPU_DP_CONTROL_PASSED);
 		if (same)
 			return NF_ACCEPT;
 		colo_dp_queue_release(dp, skb);
@@ -457,8 +657,8 @@ static unsigned int colo_dp_fwd_hook(void *priv, struct sk_buff *skb,
 		return NF_STOLEN;
 	colo_dp_frame(skb, &frame, &len);
 	colo_cmp_parse(frame, len, 0, &pkt);
-	if (pkt.cls == COLO_CMP_CONTROL || pkt.cls == COLO_CMP_TCP) {
-		consume_skb(skb);	/* the SVM's ARP/ND, and TCP (interim) */
+	if (pkt.cls == COLO_CMP_CONTROL) {
+		consume_skb(skb);	/* the SVM's ARP/ND */
 		return NF_STOLEN;
 	}
 	colo_dp_ctx_init(&ctx);
@@ -534,12 +734,13 @@ static void colo_dp_timer(struct timer_list *t)
 
 /*
  * do-checkpoint (engine.py checkpoint_done()): every held PVM frame is released in
- * arrival order, every held SVM frame dropped, the epoch advances and the
- * connections are forgotten (all idle now, and a new connection equals a rebased
- * one).  Process context.
+ * arrival order, every held SVM frame dropped, the epoch advances, and the
+ * connections that held frames are re-based now (closed ones retire); the others
+ * re-base on their next frame.  Process context.
  */
 void colo_dp_checkpoint(struct colo_node *node)
 {
+	struct colo_dp_conn *first = NULL, *last = NULL, *dc, *tmp;
 	struct colo_cmp_core *core;
 	struct colo_cmp_held *h, *next;
 	struct colo_dp_ctx ctx;
@@ -558,9 +759,20 @@ void colo_dp_checkpoint(struct colo_node *node)
 		goto out;
 	}
 	dp->ctx = &ctx;
+	dp->visit++;
 	for (h = core->arrivals; h; h = next) {
 		next = h->next_arrival;
 		if (!h->done) {
+			dc = dconn(h->conn);
+			if (dc->touched != dp->visit) {
+				dc->touched = dp->visit;
+				dc->touched_next = NULL;
+				if (last)
+					last->touched_next = dc;
+				else
+					first = dc;
+				last = dc;
+			}
 			if (h->side) {
 				colo_cmp_drop(core, 1, h->tag, h->conn, COLO_CMP_CHECKPOINT);
 			} else {
@@ -579,7 +791,17 @@ void colo_dp_checkpoint(struct colo_node *node)
 	core->pending = false;
 	core->memory_flag = false;
 	core->connection_flag = false;
-	colo_dp_forget_conns(dp);
+	dp->deferring = true;
+	for (dc = first; dc; dc = dc->touched_next) {
+		colo_dp_rebase(dp, &dc->c, core->epoch);
+		if (dc->c.closed)
+			colo_dp_retire(dp, dc);
+	}
+	dp->deferring = false;
+	list_for_each_entry_safe(dc, tmp, &dp->grave, lru) {
+		list_del(&dc->lru);
+		colo_dp_free_conn(dp, dc);
+	}
 	dp->ctx = NULL;
 	spin_unlock_bh(&dp->lock);
 	local_bh_disable();
@@ -667,6 +889,16 @@ int colo_dp_attach(struct colo_node *node, const struct colo_dp_cfg *cfg,
 	cc->max_connections = cfg->max_connections;
 	dp->core.emit = colo_dp_emit;
 	dp->core.free_held = colo_dp_free_held;
+	dp->core.alloc = colo_dp_alloc;
+	dp->core.free = colo_dp_kfree;
+	INIT_LIST_HEAD(&dp->lru);
+	INIT_LIST_HEAD(&dp->retired);
+	INIT_LIST_HEAD(&dp->grave);
+	err = rhashtable_init(&dp->conns, &colo_dp_conn_params);
+	if (err) {
+		kfree(dp);
+		return err;
+	}
 	scan = clamp(cfg->hold_timeout_ms / 4, COLO_DP_SCAN_MIN_MS, COLO_DP_SCAN_MAX_MS);
 	dp->scan = msecs_to_jiffies(scan);
 
@@ -717,6 +949,7 @@ put:
 	netdev_put(tap, &dp->tap_tracker);
 unlock:
 	rtnl_unlock();
+	rhashtable_destroy(&dp->conns);
 	kfree(dp);
 	return err;
 }
@@ -795,6 +1028,7 @@ static void colo_dp_detach(struct colo_dp *dp)
 	colo_dp_flush_list(dp, &drop, false);
 	if (flushed)
 		colo_node_add(node, COLO_PCPU_DP_FLUSHED, flushed);
+	rhashtable_destroy(&dp->conns);		/* empty; waits for its rehash worker */
 	netdev_put(dp->fwd, &dp->fwd_tracker);
 	netdev_put(dp->tap, &dp->tap_tracker);
 	kfree(dp);
@@ -842,9 +1076,16 @@ int colo_dp_init(void)
 	colo_held_cache = KMEM_CACHE(colo_cmp_held, 0);
 	if (!colo_held_cache)
 		return -ENOMEM;
-	err = register_netdevice_notifier(&colo_dp_netdev_notifier);
-	if (err)
+	colo_conn_cache = KMEM_CACHE(colo_dp_conn, 0);
+	if (!colo_conn_cache) {
 		kmem_cache_destroy(colo_held_cache);
+		return -ENOMEM;
+	}
+	err = register_netdevice_notifier(&colo_dp_netdev_notifier);
+	if (err) {
+		kmem_cache_destroy(colo_conn_cache);
+		kmem_cache_destroy(colo_held_cache);
+	}
 	return err;
 }
 
@@ -852,5 +1093,6 @@ int colo_dp_init(void)
 void colo_dp_exit(void)
 {
 	unregister_netdevice_notifier(&colo_dp_netdev_notifier);
+	kmem_cache_destroy(colo_conn_cache);
 	kmem_cache_destroy(colo_held_cache);
 }

@@ -15,7 +15,9 @@
  *                   netdevice notifier (detach).  Nested outside everything else.
  *   colo_dp->lock   spinlock, always BH-safe (the hooks, the timer and the
  *                   tasklet run in softirq): the compare core and its
- *                   connection table, the release queue (rxq), `stopped`.  Never
+ *                   connection table (every lookup, insert and removal of the
+ *                   rhashtable dp->conns, the LRU and retired lists, the TCP
+ *                   streams' buffers), the release queue (rxq), `stopped`.  Never
  *                   held while re-injecting, freeing skbs or requesting a
  *                   checkpoint.  Nested inside nothing of colo_core.h.
  *   node->dp        RCU pointer: readers (do-checkpoint, get/dump) use it under
@@ -29,6 +31,11 @@
  *                   NETDEV_DOWN and NETDEV_UNREGISTER of either detach the dp and
  *                   destroy the node (gone-reason device-gone), so the device is
  *                   never waited for.
+ *   connections     struct colo_dp_conn, owned by dp->conns (rhashtable; its
+ *                   bucket locks are taken inside dp->lock, its rehash worker
+ *                   runs on its own and is stopped by rhashtable_destroy() at
+ *                   detach).  Freed at once when removed: no lookup runs outside
+ *                   dp->lock.
  *   held skbs       owned by the core's held records (tag = the skb) from
  *                   NF_STOLEN until a decision names them: release (rxq, then the
  *                   tasklet re-injects), drop (freed after unlock), or the flush at

@@ -8,6 +8,11 @@ Four namespaces, named ``colot-XXXXXXXX-{h,p,c,s}``:
   one subnet.  Routed: ``h`` routes between 10.77.0.0/24 (PVM) and 10.77.1.0/24 (client).
 * ``p``, the PVM; ``c``, the client; ``s``, the secondary host, from which the tests send
   the SVM's frames onto the forward link with a raw socket.
+* For TCP services (``svm_link``), a copy of every frame the PVM sends: tc mirrors ``p``'s
+  ``eth0`` egress to ``svm0``, whose peer is ``eth1`` in ``s``.  ``svm_mirror`` turns ``s``
+  into a perfectly deterministic SVM in the kernel (each copy, its source MAC set to
+  ``SVM_MAC``, redirected out of ``s``'s ``eth0`` onto the forward link); a relay process
+  can do the same with changed bytes (tests/kernel/test_dp_tcp.py).
 
 Sockets are opened in their namespace from the test process itself (pyroute2
 pushns/popns), so no helper process runs per packet.  IPv6 is off everywhere, so no
@@ -30,6 +35,7 @@ from scapy.layers.l2 import Ether
 
 PVM_IP = "10.77.0.2"
 PVM_PORT = 7000
+SVM_MAC = "52:54:00:00:00:99"  # the source MAC of every SVM frame svm_mirror() sends
 
 
 def sh(*args: str) -> None:
@@ -118,6 +124,35 @@ class Topo:
         for ns in self.names():
             if Path("/run/netns", ns).exists():
                 subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+    def vlan(self, vid: int) -> tuple[str, str]:
+        """Bridged only: the PVM and the client also talk over VLAN ``vid`` (the bridge
+        forwards the tagged frames); returns the PVM's and the client's address on it."""
+        pvm, client = f"10.77.{vid}.2", f"10.77.{vid}.3"
+        for ns, addr in ((self.p, pvm), (self.c, client)):
+            ip(ns, "link", "add", "link", "eth0", "name", f"eth0.{vid}", "type", "vlan",
+               "id", str(vid))
+            ip(ns, "addr", "add", addr + "/24", "dev", f"eth0.{vid}")
+            ip(ns, "link", "set", f"eth0.{vid}", "up")
+        return pvm, client
+
+    def svm_link(self) -> None:
+        """Every frame the PVM sends is also sent to ``eth1`` in ``s``."""
+        ip(self.p, "link", "add", "svm0", "type", "veth", "peer", "name", "eth1",
+           "netns", self.s)
+        ip(self.p, "link", "set", "svm0", "up")
+        ip(self.s, "link", "set", "eth1", "up")
+        nsexec(self.p, "tc", "qdisc", "add", "dev", "eth0", "clsact")
+        nsexec(self.p, "tc", "filter", "add", "dev", "eth0", "egress", "matchall",
+               "action", "mirred", "egress", "mirror", "dev", "svm0")
+
+    def svm_mirror(self) -> None:
+        """A deterministic SVM: the copies go onto the forward link, marked SVM_MAC."""
+        self.svm_link()
+        nsexec(self.s, "tc", "qdisc", "add", "dev", "eth1", "clsact")
+        nsexec(self.s, "tc", "filter", "add", "dev", "eth1", "ingress", "matchall",
+               "action", "pedit", "ex", "munge", "eth", "src", "set", SVM_MAC, "pipe",
+               "action", "mirred", "egress", "redirect", "dev", "eth0")
 
     def tap_ifindex(self) -> int:
         return ifindex(self.h, "tap0")
