@@ -171,7 +171,9 @@ class ColoClient:
         A primary node given ``tap_ifindex`` (the PVM's tap) and ``fwd_ifindex`` (the
         forward device carrying the SVM's output) gets the in-kernel datapath; the
         limits and ``owner_loss`` (release or drop held PVM frames on node loss) are
-        optional, the kernel has defaults.
+        optional, the kernel has defaults.  A secondary node given ``tap_ifindex`` (the
+        SVM's tap) and ``fwd_ifindex`` (the forward link) gets the secondary datapath
+        (SECCOLO: isolation and sequence translation); only ``max_connections`` applies.
         """
         if isinstance(owner_loss, str):
             owner_loss = OwnerLoss(OwnerLoss.parse(owner_loss))

@@ -9,6 +9,7 @@ from .constants import FAMILY_VERSION, Cmd, GoneReason, Mode, Reason, State
 from .messages import colo_msg
 from .model import (
     DP_STATS_FIELDS,
+    SEC_STATS_FIELDS,
     STATS_FIELDS,
     CheckpointNeededEvent,
     Event,
@@ -72,13 +73,18 @@ def decode_stats(nest: Any, fields: tuple[str, ...] = STATS_FIELDS) -> dict[str,
     for name in fields:
         value = nest.get_attr("COLO_A_STATS_" + name.upper().replace("-", "_"))
         if value is not None:
-            stats[name.removeprefix("dp-")] = int(value)
+            stats[name.removeprefix("dp-").removeprefix("sec-")] = int(value)
     return stats
 
 
 def decode_dp_stats(nest: Any) -> dict[str, int]:
     """The datapath's figures of a ``stats`` nest, keyed without the ``dp-`` prefix."""
     return decode_stats(nest, DP_STATS_FIELDS)
+
+
+def decode_sec_stats(nest: Any) -> dict[str, int]:
+    """The secondary datapath's figures of a ``stats`` nest, keyed without ``sec-``."""
+    return decode_stats(nest, SEC_STATS_FIELDS)
 
 
 def decode_tuple(nest: Any) -> FlowTuple | None:
@@ -115,6 +121,7 @@ def decode_node(msg: Any) -> Node:
         owner=int(msg.get_attr("COLO_A_NODE_OWNER") or 0),
         stats=decode_stats(msg.get_attr("COLO_A_NODE_STATS")),
         dp_stats=decode_dp_stats(msg.get_attr("COLO_A_NODE_STATS")),
+        sec_stats=decode_sec_stats(msg.get_attr("COLO_A_NODE_STATS")),
     )
 
 
@@ -140,5 +147,6 @@ def decode_event(msg: Any) -> Event | None:
             reason=_enum(GoneReason, msg.get_attr("COLO_A_NODE_GONE_REASON")),
             stats=decode_stats(msg.get_attr("COLO_A_NODE_STATS")),
             dp_stats=decode_dp_stats(msg.get_attr("COLO_A_NODE_STATS")),
+            sec_stats=decode_sec_stats(msg.get_attr("COLO_A_NODE_STATS")),
         )
     return None

@@ -36,6 +36,13 @@ class stats_attrs(nla):  # type: ignore[misc]
         (18, "COLO_A_STATS_DP_HELD_PACKETS", "uint64"),
         (19, "COLO_A_STATS_DP_HELD_BYTES", "uint64"),
         (20, "COLO_A_STATS_DP_CONNECTIONS", "uint64"),
+        (21, "COLO_A_STATS_SEC_SVM_FRAMES", "uint64"),
+        (22, "COLO_A_STATS_SEC_FWD_FRAMES", "uint64"),
+        (23, "COLO_A_STATS_SEC_TRANSLATED_OUT", "uint64"),
+        (24, "COLO_A_STATS_SEC_TRANSLATED_IN", "uint64"),
+        (25, "COLO_A_STATS_SEC_HELD", "uint64"),
+        (26, "COLO_A_STATS_SEC_DROPPED", "uint64"),
+        (27, "COLO_A_STATS_SEC_FLOWS", "uint64"),
     )
 
 

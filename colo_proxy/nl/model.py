@@ -39,6 +39,18 @@ DP_STATS_FIELDS = (
 """The primary datapath's counters and levels (``stats`` nest; names without ``dp-`` in
 ``Node.dp_stats``).  All 0 on a node without a datapath."""
 
+SEC_STATS_FIELDS = (
+    "sec-svm-frames",
+    "sec-fwd-frames",
+    "sec-translated-out",
+    "sec-translated-in",
+    "sec-held",
+    "sec-dropped",
+    "sec-flows",
+)
+"""The secondary datapath's (SECCOLO) counters and its level ``sec-flows`` (``stats``
+nest; names without ``sec-`` in ``Node.sec_stats``).  All 0 on a node without one."""
+
 VLAN_ID_MAX = 4095
 
 
@@ -132,6 +144,8 @@ class Node:
     stats: dict[str, int] = field(default_factory=dict)
     # The primary datapath's figures (DP_STATS_FIELDS without "dp-"); not part of equality.
     dp_stats: dict[str, int] = field(default_factory=dict, compare=False)
+    # The secondary datapath's figures (SEC_STATS_FIELDS without "sec-"); likewise.
+    sec_stats: dict[str, int] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +156,7 @@ class Node:
             "owner": self.owner,
             "stats": dict(self.stats),
             "dp_stats": dict(self.dp_stats),
+            "sec_stats": dict(self.sec_stats),
         }
 
 
@@ -168,6 +183,7 @@ class NodeGoneEvent:
     # The datapath's final figures (dp-flushed: held PVM frames let go at loss).  Not
     # part of equality: an event is identified by its node, reason and control counters.
     dp_stats: dict[str, int] = field(default_factory=dict, compare=False)
+    sec_stats: dict[str, int] = field(default_factory=dict, compare=False)
 
 
 Event = CheckpointNeededEvent | NodeGoneEvent

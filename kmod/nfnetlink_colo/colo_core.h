@@ -55,6 +55,7 @@
 #include "colo-nl-gen.h"
 
 struct colo_dp;
+struct colo_sec;
 
 #define COLO_INDEX_MIN		1
 #define COLO_INDEX_MAX		65535
@@ -77,6 +78,13 @@ enum colo_pcpu_counter {
 	COLO_PCPU_DP_CONTROL_PASSED,
 	COLO_PCPU_DP_DROPPED,
 	COLO_PCPU_DP_FLUSHED,
+	/* the secondary datapath (colo_sec.c) */
+	COLO_PCPU_SEC_SVM_FRAMES,
+	COLO_PCPU_SEC_FWD_FRAMES,
+	COLO_PCPU_SEC_TRANSLATED_OUT,
+	COLO_PCPU_SEC_TRANSLATED_IN,
+	COLO_PCPU_SEC_HELD,
+	COLO_PCPU_SEC_DROPPED,
 	COLO_PCPU_NR
 };
 
@@ -106,6 +114,14 @@ struct colo_stats {
 	u64 dp_held_packets;
 	u64 dp_held_bytes;
 	u64 dp_connections;
+	/* the secondary datapath (colo_sec.c); sec_flows is a level */
+	u64 sec_svm_frames;
+	u64 sec_fwd_frames;
+	u64 sec_translated_out;
+	u64 sec_translated_in;
+	u64 sec_held;
+	u64 sec_dropped;
+	u64 sec_flows;
 };
 
 /* The connection a checkpoint request is about, in host form. */
@@ -164,6 +180,8 @@ struct colo_node {
 
 	/* The primary datapath, if attached: RTNL for writers, RCU for readers (colo_dp.h). */
 	struct colo_dp __rcu *dp;
+	/* The secondary datapath, if attached: likewise (colo_sec.h). */
+	struct colo_sec __rcu *sec;
 };
 
 struct colo_net {

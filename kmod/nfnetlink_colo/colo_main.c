@@ -15,6 +15,7 @@
 
 #include "colo_core.h"
 #include "colo_dp.h"
+#include "colo_sec.h"
 
 static int __init colo_init(void)
 {
@@ -26,11 +27,16 @@ static int __init colo_init(void)
 	err = colo_dp_init();		/* held-frame cache + netdevice notifier */
 	if (err)
 		goto err_store;
-	err = colo_netlink_init();	/* the family: userspace can create nodes now */
+	err = colo_sec_init();		/* the secondary's netdevice notifier */
 	if (err)
 		goto err_dp;
+	err = colo_netlink_init();	/* the family: userspace can create nodes now */
+	if (err)
+		goto err_sec;
 	return 0;
 
+err_sec:
+	colo_sec_exit();
 err_dp:
 	colo_dp_exit();
 err_store:
@@ -46,6 +52,7 @@ static void __exit colo_exit(void)
 	/* Waits for in-flight operations; none can create a node any more. */
 	colo_netlink_exit();
 	/* Every datapath was detached by its node's teardown. */
+	colo_sec_exit();
 	colo_dp_exit();
 	/* Pernet storage freed, then rcu_barrier(). */
 	colo_store_exit();

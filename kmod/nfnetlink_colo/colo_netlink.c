@@ -21,13 +21,14 @@
 
 #include "colo_core.h"
 #include "colo_dp.h"
+#include "colo_sec.h"
 
 /* ---- message building --------------------------------------------------- */
 
 static size_t colo_stats_size(void)
 {
 	return nla_total_size(0) +			/* nest */
-	       19 * nla_total_size_64bit(sizeof(u64));
+	       26 * nla_total_size_64bit(sizeof(u64));
 }
 
 static size_t colo_tuple_size(void)
@@ -88,7 +89,18 @@ static int colo_put_stats(struct sk_buff *skb, const struct colo_stats *st)
 	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_HELD_BYTES, st->dp_held_bytes,
 			      COLO_A_STATS_PAD) ||
 	    nla_put_u64_64bit(skb, COLO_A_STATS_DP_CONNECTIONS, st->dp_connections,
-			      COLO_A_STATS_PAD)) {
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_SEC_SVM_FRAMES, st->sec_svm_frames,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_SEC_FWD_FRAMES, st->sec_fwd_frames,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_SEC_TRANSLATED_OUT, st->sec_translated_out,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_SEC_TRANSLATED_IN, st->sec_translated_in,
+			      COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_SEC_HELD, st->sec_held, COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_SEC_DROPPED, st->sec_dropped, COLO_A_STATS_PAD) ||
+	    nla_put_u64_64bit(skb, COLO_A_STATS_SEC_FLOWS, st->sec_flows, COLO_A_STATS_PAD)) {
 		nla_nest_cancel(skb, nest);
 		return -EMSGSIZE;
 	}
@@ -296,7 +308,10 @@ static u32 colo_attr_u32(struct genl_info *info, int type, u32 def)
 	return info->attrs[type] ? nla_get_u32(info->attrs[type]) : def;
 }
 
-/* The datapath attributes of proxy-init; returns 1 if a datapath is asked for. */
+/*
+ * The datapath attributes of proxy-init; returns 1 if a primary datapath is asked
+ * for, 2 for a secondary one (only tap, fwd and max-connections in @cfg), else 0.
+ */
 static int colo_parse_dp(struct genl_info *info, u8 mode, struct colo_dp_cfg *cfg)
 {
 	struct nlattr *tap = info->attrs[COLO_A_NODE_TAP_IFINDEX];
@@ -322,8 +337,23 @@ static int colo_parse_dp(struct genl_info *info, u8 mode, struct colo_dp_cfg *cf
 				    "tap-ifindex and fwd-ifindex go together");
 		return -EINVAL;
 	}
+	if (mode == COLO_MODE_SECONDARY) {
+		/* SECCOLO: no hold, so max-connections is its only limit. */
+		for (i = 0; i < ARRAY_SIZE(caps); i++)
+			if (caps[i] != COLO_A_NODE_MAX_CONNECTIONS && info->attrs[caps[i]]) {
+				NL_SET_ERR_MSG_ATTR(info->extack, info->attrs[caps[i]],
+						    "a secondary datapath holds nothing: only max-connections applies");
+				return -EINVAL;
+			}
+		cfg->tap_ifindex = nla_get_u32(tap);
+		cfg->fwd_ifindex = nla_get_u32(fwd);
+		cfg->max_connections = colo_attr_u32(info, COLO_A_NODE_MAX_CONNECTIONS,
+						     COLO_SEC_DEF_MAX_CONNECTIONS);
+		return 2;
+	}
 	if (mode != COLO_MODE_PRIMARY) {
-		NL_SET_ERR_MSG_ATTR(info->extack, tap, "the datapath is for a primary node");
+		NL_SET_ERR_MSG_ATTR(info->extack, tap,
+				    "the datapath is for a primary or secondary node");
 		return -EINVAL;
 	}
 	cfg->tap_ifindex = nla_get_u32(tap);
@@ -364,7 +394,17 @@ int colo_nl_proxy_init_doit(struct sk_buff *skb, struct genl_info *info)
 		return err;
 	}
 	if (want_dp) {
-		err = colo_dp_attach(node, &cfg, info->extack);
+		if (want_dp == 2) {
+			struct colo_sec_cfg sc = {
+				.tap_ifindex = cfg.tap_ifindex,
+				.fwd_ifindex = cfg.fwd_ifindex,
+				.max_connections = cfg.max_connections,
+			};
+
+			err = colo_sec_attach(node, &sc, info->extack);
+		} else {
+			err = colo_dp_attach(node, &cfg, info->extack);
+		}
 		if (err) {
 			/* The node never existed for the caller (node-gone: destroyed). */
 			colo_node_kill(node, COLO_GONE_REASON_DESTROYED);
@@ -418,8 +458,10 @@ int colo_nl_do_checkpoint_doit(struct sk_buff *skb, struct genl_info *info)
 		node->state = COLO_STATE_ACTIVE;	/* clears checkpoint-pending */
 	}
 	spin_unlock_bh(&node->lock);
-	if (!err)
+	if (!err) {
 		colo_dp_checkpoint(node);	/* release held PVM frames, drop SVM's */
+		colo_sec_checkpoint(node);	/* forget the sequence translations */
+	}
 out:
 	colo_node_put(node);
 	return err;
@@ -457,6 +499,8 @@ int colo_nl_do_failover_doit(struct sk_buff *skb, struct genl_info *info)
 		node->failovers++;
 	}
 	spin_unlock_bh(&node->lock);
+	if (!err)
+		colo_sec_failover(node);	/* the SVM's output goes on */
 out:
 	colo_node_put(node);
 	return err;

@@ -32,6 +32,7 @@
 
 #include "colo_core.h"
 #include "colo_dp.h"
+#include "colo_sec.h"
 
 unsigned int colo_resend_ms __read_mostly = 1000;
 module_param_named(resend_ms, colo_resend_ms, uint, 0644);
@@ -159,7 +160,14 @@ void colo_node_snapshot(struct colo_node *node, struct colo_node_info *ni)
 	ni->stats.dp_control_passed = sum[COLO_PCPU_DP_CONTROL_PASSED];
 	ni->stats.dp_dropped = sum[COLO_PCPU_DP_DROPPED];
 	ni->stats.dp_flushed = sum[COLO_PCPU_DP_FLUSHED];
+	ni->stats.sec_svm_frames = sum[COLO_PCPU_SEC_SVM_FRAMES];
+	ni->stats.sec_fwd_frames = sum[COLO_PCPU_SEC_FWD_FRAMES];
+	ni->stats.sec_translated_out = sum[COLO_PCPU_SEC_TRANSLATED_OUT];
+	ni->stats.sec_translated_in = sum[COLO_PCPU_SEC_TRANSLATED_IN];
+	ni->stats.sec_held = sum[COLO_PCPU_SEC_HELD];
+	ni->stats.sec_dropped = sum[COLO_PCPU_SEC_DROPPED];
 	colo_dp_fill_stats(node, &ni->stats);
+	colo_sec_fill_stats(node, &ni->stats);
 }
 
 /* proxy-reset: zero the counters (per-CPU ones by moving their base), clear pending. */
@@ -291,6 +299,7 @@ static void colo_node_teardown(struct work_struct *work)
 
 	/* The datapath first: held PVM frames go out, node-gone counts them. */
 	colo_dp_node_gone(node);
+	colo_sec_node_gone(node);
 	del_timer_sync(&node->resend);	/* `dying` keeps it from being re-armed */
 	colo_event_node_gone(node, node->gone_reason, GFP_KERNEL);
 	colo_node_put(node);
