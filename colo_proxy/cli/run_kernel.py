@@ -11,8 +11,12 @@ from typing import Any
 import click
 
 from ..compare.model import Config
-from ..errors import InputError
-from .run_options import checkpoint_options, run_command
+from .run_options import (
+    checkpoint_from_params,
+    checkpoint_options,
+    interfaces_from_params,
+    run_command,
+)
 
 POLICIES = ["flush", "cmd"]
 
@@ -38,17 +42,8 @@ def settings_from_params(params: dict[str, Any]) -> Any:
     """Validate the kernel options into KernelSettings (InputError if bad)."""
     from ..datapath.kernel import KernelSettings
 
-    missing = [f"--{n.replace('_', '-')}" for n in ("pvm_if", "fwd_if") if not params.get(n)]
-    if missing:
-        raise InputError(f"run kernel needs {', '.join(missing)}")
-    if params["pvm_if"] == params["fwd_if"]:
-        raise InputError(f"--pvm-if and --fwd-if must differ (both {params['pvm_if']!r})")
-    cmd = params.get("checkpoint_cmd") or None
-    policy = params.get("checkpoint_policy") or ("cmd" if cmd else "flush")
-    if policy == "cmd" and not cmd:
-        raise InputError("--checkpoint cmd needs --checkpoint-cmd CMD")
-    if policy == "flush" and cmd:
-        raise InputError("--checkpoint-cmd is only used with --checkpoint cmd")
+    interfaces_from_params(params, "run kernel")
+    policy, cmd = checkpoint_from_params(params)
     return KernelSettings(
         pvm_if=params["pvm_if"], fwd_if=params["fwd_if"], netns=params.get("netns") or None,
         owner_loss=params.get("owner_loss") or "release",

@@ -11,7 +11,12 @@ import click
 
 from ..compare.model import Config
 from ..errors import InputError
-from .run_options import checkpoint_options, run_command
+from .run_options import (
+    checkpoint_from_params,
+    checkpoint_options,
+    interfaces_from_params,
+    run_command,
+)
 
 POLICIES = ["flush", "cmd"]
 
@@ -46,20 +51,11 @@ def settings_from_params(params: dict[str, Any]) -> Any:
     """Validate the nfqueue options into NfqueueSettings (InputError if bad)."""
     from ..datapath.nfqueue import NfqueueSettings
 
-    missing = [f"--{n.replace('_', '-')}" for n in ("pvm_if", "fwd_if") if not params.get(n)]
-    if missing:
-        raise InputError(f"run nfqueue needs {', '.join(missing)}")
-    if params["pvm_if"] == params["fwd_if"]:
-        raise InputError(f"--pvm-if and --fwd-if must differ (both {params['pvm_if']!r})")
+    interfaces_from_params(params, "run nfqueue")
     qp, qs = params.get("queue_primary", 0), params.get("queue_secondary", 1)
     if qp == qs:
         raise InputError("--queue-primary and --queue-secondary must differ")
-    cmd = params.get("checkpoint_cmd") or None
-    policy = params.get("checkpoint_policy") or ("cmd" if cmd else "flush")
-    if policy == "cmd" and not cmd:
-        raise InputError("--checkpoint cmd needs --checkpoint-cmd CMD")
-    if policy == "flush" and cmd:
-        raise InputError("--checkpoint-cmd is only used with --checkpoint cmd")
+    policy, cmd = checkpoint_from_params(params)
     return NfqueueSettings(
         pvm_if=params["pvm_if"], fwd_if=params["fwd_if"], netns=params.get("netns") or None,
         queue_primary=qp, queue_secondary=qs,

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..errors import InputError
 from .engine_options import engine_options
 from .types import finite_float
 
@@ -21,6 +22,28 @@ def checkpoint_options(policies: list[str], default_help: str) -> list[Callable[
                           "COLO_CONNECTION, COLO_DETAIL); exit status 0: the checkpoint "
                           "is done. Implies --checkpoint cmd unless another policy is chosen."),
     ]
+
+
+def checkpoint_from_params(params: dict[str, Any]) -> tuple[str, str | None]:
+    """``--checkpoint`` and ``--checkpoint-cmd`` of a flush|cmd datapath: (policy, cmd);
+    InputError if they do not fit together."""
+    cmd = params.get("checkpoint_cmd") or None
+    policy = params.get("checkpoint_policy") or ("cmd" if cmd else "flush")
+    if policy == "cmd" and not cmd:
+        raise InputError("--checkpoint cmd needs --checkpoint-cmd CMD")
+    if policy == "flush" and cmd:
+        raise InputError("--checkpoint-cmd is only used with --checkpoint cmd")
+    return policy, cmd
+
+
+def interfaces_from_params(params: dict[str, Any], command: str) -> tuple[str, str]:
+    """``--pvm-if`` and ``--fwd-if`` of a host datapath: both given, and different."""
+    missing = [f"--{n.replace('_', '-')}" for n in ("pvm_if", "fwd_if") if not params.get(n)]
+    if missing:
+        raise InputError(f"{command} needs {', '.join(missing)}")
+    if params["pvm_if"] == params["fwd_if"]:
+        raise InputError(f"--pvm-if and --fwd-if must differ (both {params['pvm_if']!r})")
+    return params["pvm_if"], params["fwd_if"]
 
 
 SEAM_OPTIONS: list[Callable[[Any], Any]] = [
