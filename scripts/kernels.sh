@@ -46,7 +46,18 @@ installed_headers() {
         | sort -k2,2V | tail -1 | sed "s/^linux-headers-//" || true
 }
 
-# Headers for SERIES in the private index (highest version), as "KVER VERSION".
+# The image package for KVER at VERSION: Debian's signed linux-image-KVER, else the
+# linux-image-KVER-unsigned it is built from (same vmlinuz and modules, no Secure Boot
+# signature, which a TCG guest does not check).  Nothing if neither is in the index.
+image_of() {
+    local p
+    for p in "linux-image-$1" "linux-image-$1-unsigned"; do
+        if apt_has "$p" "$2"; then echo "$p"; return 0; fi
+    done
+}
+
+# Headers for SERIES in the private index (highest version whose image is also there),
+# as "KVER VERSION".
 archive_headers() {
     local re name ver best="" bestver=""
     re=$(series_re "$1")
@@ -54,6 +65,7 @@ archive_headers() {
                   | grep -Ev -- '-(rt|cloud)-'); do
         ver=$(apt_version "$name")
         [ -n "$ver" ] || continue
+        [ -n "$(image_of "${name#linux-headers-}" "$ver")" ] || continue
         if [ -z "$bestver" ] || dpkg --compare-versions "$ver" gt "$bestver"; then
             best=$name; bestver=$ver
         fi
@@ -84,7 +96,7 @@ prepare_series() {
         read -r kver ver <<<"$inst"
         # The archive keeps only current versions: if the image matching the installed
         # headers is gone, fall back to the archive's newest headers + image.
-        if ! apt-cache "${APT_OPTS[@]}" show "linux-image-$kver=$ver" >/dev/null 2>&1; then
+        if [ -z "$(image_of "$kver" "$ver")" ]; then
             say "$series: linux-image-$kver $ver no longer in the archive; using the archive's kernel"
             inst=""
         fi
@@ -106,7 +118,7 @@ prepare_series() {
                     # The -common part is pinned (=); kbuild is ">=": take the same version if offered.
                     if [ "$op" != "=" ]; then
                         dver=$ver
-                        apt-cache "${APT_OPTS[@]}" show "$name=$dver" >/dev/null 2>&1 || dver=$(apt_version "$name")
+                        apt_has "$name" "$dver" || dver=$(apt_version "$name")
                     fi
                     specs+=("$name=$dver") ;;
             esac
@@ -132,9 +144,9 @@ prepare_series() {
     fi
 
     # Image: same source version as the headers.
-    local img=linux-image-$kver
-    apt-cache "${APT_OPTS[@]}" show "$img=$ver" >/dev/null 2>&1 \
-        || die "$series: $img $ver is not in the archive index (headers and image must match)"
+    local img
+    img=$(image_of "$kver" "$ver")
+    [ -n "$img" ] || die "$series: linux-image-$kver $ver (signed or -unsigned) is not in the archive index (headers and image must match)"
     apt_download "$dir/debs" "$img=$ver"
     say "$series: unpacking $img"
     rm -rf "$dir/root.tmp" && mkdir -p "$dir/root.tmp"

@@ -47,6 +47,13 @@ apt_version() {   # apt_version PKG -> candidate version in the private index ("
     apt-cache "${APT_OPTS[@]}" policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}' | sed 's/(none)//'
 }
 
+apt_has() {       # apt_has PKG VERSION -> true if the private index offers exactly PKG=VERSION
+    # Not `apt-cache show PKG=VERSION`: it exits 0 for a purely virtual PKG (no versions),
+    # which is what a signed kernel image looks like while only its -unsigned build is
+    # published (bookworm-security, 6.12.118-1~deb12u1, Dec 2026).
+    apt-cache "${APT_OPTS[@]}" madison "$1" 2>/dev/null | awk -F'|' -v v="$2" '{gsub(/ /, "", $2)} $2 == v {f=1} END {exit !f}'
+}
+
 apt_download() {  # apt_download DIR PKG=VERSION...   (into DIR, skipping files already there)
     local dir=$1; shift
     mkdir -p "$dir"
