@@ -127,22 +127,27 @@ def spawn(args: list[str], netns: str | None = None,
 
 
 def read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
-    """The next JSON line of a worker; fails (with its stderr) if none comes in time."""
+    """The next JSON result line of a worker; fails (with its stderr) if the worker is
+    silent for ``timeout`` s.  ``{"progress": ...}`` lines are not results: they only show
+    that a long worker is still advancing, and restart the silence clock (so a slow,
+    loaded machine stretches the test instead of failing it)."""
     import json
     import selectors
 
     assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            stop(proc)
-            raise AssertionError(f"worker {proc.args} silent for {timeout:.0f}s")
-    line = proc.stdout.readline()
-    if not line:
-        err = proc.stderr.read() if proc.stderr else ""
-        raise AssertionError(f"worker {proc.args} ended: rc={proc.wait()} {err[-2000:]}")
-    result: dict[str, object] = json.loads(line)
-    return result
+    while True:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                stop(proc)
+                raise AssertionError(f"worker {proc.args!r} silent for {timeout:.0f}s")
+        line = proc.stdout.readline()
+        if not line:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"worker {proc.args!r} ended: rc={proc.wait()} {err[-2000:]}")
+        result: dict[str, object] = json.loads(line)
+        if "progress" not in result:
+            return result
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

@@ -104,6 +104,9 @@ def listen(expected: int, idle: float) -> None:
                     reasons[str(event.reason)] += 1
                 else:
                     requests += 1
+                seen = sum(reasons.values()) + requests
+                if seen % 1000 == 0:
+                    emit({"progress": seen})
         except Exception as exc:  # report it; the test fails on it
             overrun = str(exc)
     emit({"node_gone": dict(reasons), "checkpoint_requests": requests, "error": overrun})
