@@ -128,7 +128,7 @@ def spawn(args: list[str], netns: str | None = None,
 
 def read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
     """The next JSON result line of a worker; fails (with its stderr) if the worker is
-    silent for ``timeout`` s.  ``{"progress": ...}`` lines are not results: they only show
+    silent for ``timeout`` s.  ``{"alive": ...}`` lines are not results: they only show
     that a long worker is still advancing, and restart the silence clock (so a slow,
     loaded machine stretches the test instead of failing it)."""
     import json
@@ -146,7 +146,7 @@ def read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
             err = proc.stderr.read() if proc.stderr else ""
             raise AssertionError(f"worker {proc.args!r} ended: rc={proc.wait()} {err[-2000:]}")
         result: dict[str, object] = json.loads(line)
-        if "progress" not in result:
+        if "alive" not in result:
             return result
 
 

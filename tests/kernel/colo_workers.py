@@ -106,7 +106,7 @@ def listen(expected: int, idle: float) -> None:
                     requests += 1
                 seen = sum(reasons.values()) + requests
                 if seen % 1000 == 0:
-                    emit({"progress": seen})
+                    emit({"alive": seen})
         except Exception as exc:  # report it; the test fails on it
             overrun = str(exc)
     emit({"node_gone": dict(reasons), "checkpoint_requests": requests, "error": overrun})
