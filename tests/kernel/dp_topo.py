@@ -21,9 +21,11 @@ MLD or RS frame of the PVM is held without an SVM copy.
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +64,19 @@ def in_netns(ns: str) -> Iterator[None]:
 def ifindex(ns: str, dev: str) -> int:
     with in_netns(ns):
         return socket.if_nametoindex(dev)
+
+
+def link_up(ns: str, dev: str) -> bool:
+    out = subprocess.run(["ip", "-n", ns, "-j", "link", "show", "dev", dev], check=True,
+                         capture_output=True, text=True).stdout
+    return bool(json.loads(out)[0].get("operstate") == "UP")
+
+
+def bridge_port_state(ns: str, dev: str) -> str:
+    out = subprocess.run(["bridge", "-n", ns, "-j", "link", "show", "dev", dev], check=True,
+                         capture_output=True, text=True).stdout
+    ports = json.loads(out)
+    return str(ports[0].get("state", "")) if ports else ""
 
 
 @dataclass
@@ -119,6 +134,30 @@ class Topo:
             ip(self.p, "route", "add", "default", "via", "10.77.0.1")
             ip(self.c, "addr", "add", self.client_ip + "/24", "dev", "eth0")
             ip(self.c, "route", "add", "default", "via", "10.77.1.1")
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every link can carry frames.  A new veth's carrier reaches its
+        qdisc and the bridge port state through linkwatch, which runs up to a second
+        later: a frame sent before that is dropped (noop qdisc, disabled port) without
+        a trace.  Tests that send raw frames at once (the differential) lost their
+        first frames that way on a quiet 6.1 guest."""
+        links = [(self.h, "tap0"), (self.h, "up0"), (self.h, "fwd0"),
+                 (self.p, "eth0"), (self.c, "eth0"), (self.s, "eth0")]
+        if self.bridged:
+            links.append((self.h, "br0"))
+        deadline = time.monotonic() + timeout
+        pending = links
+        while True:
+            pending = [(ns, dev) for ns, dev in pending if not link_up(ns, dev)]
+            if self.bridged and not pending:
+                pending = [(self.h, port) for port in ("tap0", "up0")
+                           if bridge_port_state(self.h, port) != "forwarding"]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"links not ready after {timeout:.0f}s: {pending}")
+            time.sleep(0.05)
 
     def destroy(self) -> None:
         for ns in self.names():
