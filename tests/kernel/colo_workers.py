@@ -3,6 +3,8 @@
     colo_workers.py stress CYCLES [P]   open socket -> PROXY_INIT -> close, CYCLES times
                                         (prints {"progress": P} after P cycles)
     colo_workers.py listen EXPECTED IDLE   count events until EXPECTED node-gone or IDLE s quiet
+                                        (prints {"alive": N} every 1000 events; read_json
+                                        skips those heartbeats)
     colo_workers.py hold N [SECONDS]    create N+1 nodes on two sockets, print them, wait
     colo_workers.py probe INDEX         try every operation on node INDEX (0: on a node it
                                         creates itself) and report errnos (permission tests)
