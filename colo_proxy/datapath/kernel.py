@@ -122,8 +122,10 @@ def checkpoint_request(event: CheckpointNeededEvent, now_ms: float) -> Checkpoin
         reason = CompareReason(text)
     except ValueError:
         reason = cast(CompareReason, text)
-    return CheckpointRequest(reason, conn_key(event.tuple),
-                             f"kernel node {event.index}", now_ms)
+    detail = f"kernel node {event.index}"
+    if event.offset is not None:
+        detail += f", first difference at offset {event.offset}"
+    return CheckpointRequest(reason, conn_key(event.tuple), detail, now_ms)
 
 
 def kernel_counters(node: Node) -> dict[str, Any]:

@@ -212,7 +212,12 @@ class ColoClient:
         self._ack(Cmd.PROXY_DESTROY, index=index)
 
     def request_checkpoint(
-        self, index: int, reason: Reason | int | str, tuple: FlowTuple | None = None
+        self, index: int, reason: Reason | int | str, tuple: FlowTuple | None = None,
+        offset: int | None = None,
     ) -> None:
-        """Report a reason to checkpoint; the kernel notifies the events group."""
-        self._ack(Cmd.REQUEST_CHECKPOINT, index=index, reason=_reason(reason), tuple=tuple)
+        """Report a reason to checkpoint; the kernel notifies the events group.
+        ``offset``: where the first difference is (stream offset or FIFO slot)."""
+        if offset is not None and not 0 <= offset < 1 << 64:
+            raise ColoError(f"request-checkpoint: offset {offset} is not a u64")
+        self._ack(Cmd.REQUEST_CHECKPOINT, index=index, reason=_reason(reason), tuple=tuple,
+                  offset=offset)

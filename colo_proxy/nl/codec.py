@@ -58,6 +58,10 @@ def encode_tuple(flow: FlowTuple) -> dict[str, Any]:
     return {"attrs": attrs}
 
 
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def _enum(cls: Any, value: Any, default: int = 0) -> Any:
     raw = default if value is None else int(value)
     try:
@@ -138,6 +142,7 @@ def decode_event(msg: Any) -> Event | None:
             mode=mode,
             reason=_enum(Reason, msg.get_attr("COLO_A_NODE_REASON")),
             tuple=decode_tuple(msg.get_attr("COLO_A_NODE_TUPLE")),
+            offset=_optional_int(msg.get_attr("COLO_A_NODE_OFFSET")),
         )
     if cmd == Cmd.NODE_GONE:
         return NodeGoneEvent(

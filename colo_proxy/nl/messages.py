@@ -85,6 +85,7 @@ class colo_msg(genlmsg):  # type: ignore[misc]
         (15, "COLO_A_NODE_HOLD_TIMEOUT_MS", "uint32"),
         (16, "COLO_A_NODE_MAX_CONNECTIONS", "uint32"),
         (17, "COLO_A_NODE_OWNER_LOSS", "uint8"),
+        (18, "COLO_A_NODE_OFFSET", "uint64"),
     )
 
     stats = stats_attrs

@@ -169,6 +169,9 @@ class CheckpointNeededEvent:
     mode: Mode
     reason: Reason
     tuple: FlowTuple | None = None
+    # Where the first difference is (the engine's Divergence.offset: TCP stream offset
+    # or FIFO slot); only in requests about a difference.
+    offset: int | None = None
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,11 @@ static const struct nla_policy colo_proxy_destroy_nl_policy[COLO_A_NODE_INDEX + 
 };
 
 /* COLO_CMD_REQUEST_CHECKPOINT - do */
-static const struct nla_policy colo_request_checkpoint_nl_policy[COLO_A_NODE_TUPLE + 1] = {
+static const struct nla_policy colo_request_checkpoint_nl_policy[COLO_A_NODE_OFFSET + 1] = {
 	[COLO_A_NODE_INDEX] = NLA_POLICY_FULL_RANGE(NLA_U32, &colo_a_node_index_range),
 	[COLO_A_NODE_REASON] = NLA_POLICY_MAX(NLA_U8, 7),
 	[COLO_A_NODE_TUPLE] = NLA_POLICY_NESTED(colo_tuple_nl_policy),
+	[COLO_A_NODE_OFFSET] = { .type = NLA_U64, },
 };
 
 /* A dump takes no attributes (struct genl_ops shares the do policy). */
@@ -151,7 +152,7 @@ static const struct genl_ops colo_nl_ops[] = {
 		.cmd		= COLO_CMD_REQUEST_CHECKPOINT,
 		.doit		= colo_nl_request_checkpoint_doit,
 		.policy		= colo_request_checkpoint_nl_policy,
-		.maxattr	= COLO_A_NODE_TUPLE,
+		.maxattr	= COLO_A_NODE_OFFSET,
 		.flags		= GENL_UNS_ADMIN_PERM,
 	},
 };

@@ -14,7 +14,7 @@
  *                    datapath may look nodes up and tear them down from
  *                    softirq.
  *   colo_node->lock  spinlock, protects the node's state, the request being
- *                    (re)sent (reason, tuple, pending_since), `dying`, the
+ *                    (re)sent (req, pending_since), `dying`, the
  *                    control-plane counters (checkpoints, failovers, resets)
  *                    and the per-CPU counters' reset base.  Always
  *                    spin_lock_bh(): the resend timer and the datapath take it
@@ -145,6 +145,15 @@ struct colo_tuple {
 #define COLO_TUPLE_HAS_SRC	BIT(3)
 #define COLO_TUPLE_HAS_DST	BIT(4)
 
+/* A checkpoint request: what checkpoint-needed carries (and its resends repeat). */
+struct colo_req {
+	u8 reason;		/* enum colo_reason */
+	bool has_tuple;
+	bool has_offset;
+	struct colo_tuple tuple;
+	u64 offset;		/* the first difference (stream offset or FIFO slot) */
+};
+
 struct colo_node {
 	/* Immutable once the node is published in the idr. */
 	struct net *net;	/* not counted: netns exit waits for our teardown */
@@ -166,10 +175,8 @@ struct colo_node {
 	spinlock_t lock;
 	u8 state;		/* enum colo_state */
 	bool dying;		/* unlinked: no new state changes, timer not re-armed */
-	u8 req_reason;		/* the pending request (resent by timer) */
-	bool req_has_tuple;
 	unsigned long pending_since;	/* jiffies */
-	struct colo_tuple req_tuple;
+	struct colo_req req;	/* the pending request (resent by timer) */
 	struct timer_list resend;
 	u64 checkpoints;
 	u64 failovers;
@@ -216,8 +223,8 @@ void colo_node_count(struct colo_node *node, enum colo_pcpu_counter c);
 void colo_node_add(struct colo_node *node, enum colo_pcpu_counter c, u64 n);
 void colo_node_kill(struct colo_node *node, u8 gone_reason);
 void colo_node_reset_counters(struct colo_node *node);
-int colo_node_request_checkpoint(struct colo_node *node, u8 reason,
-				 const struct colo_tuple *tuple, gfp_t gfp);
+int colo_node_request_checkpoint(struct colo_node *node, const struct colo_req *req,
+				 gfp_t gfp);
 int colo_node_create(struct net *net, u32 index, u8 mode, u32 owner,
 		     struct colo_node **out, struct netlink_ext_ack *extack);
 int colo_node_destroy(struct net *net, u32 index, struct netlink_ext_ack *extack);
@@ -226,9 +233,8 @@ void colo_store_exit(void);
 void colo_store_unload(void);
 
 /* colo_netlink.c */
-int colo_event_checkpoint_needed(struct colo_node *node, u8 reason,
-				 const struct colo_tuple *tuple, gfp_t gfp,
-				 struct sk_buff **out);
+int colo_event_checkpoint_needed(struct colo_node *node, const struct colo_req *req,
+				 gfp_t gfp, struct sk_buff **out);
 void colo_event_send(struct net *net, struct sk_buff *skb, gfp_t gfp);
 void colo_event_node_gone(struct colo_node *node, u8 gone_reason, gfp_t gfp);
 void colo_event_lost(struct net *net);

@@ -89,7 +89,9 @@ struct colo_dp_ctx {
 	bool req;
 	u8 reason;			/* enum colo_cmp_reason */
 	bool has_key;
+	bool has_div;			/* a difference: div_offset is where */
 	struct colo_cmp_key key;
+	s64 div_offset;
 	u32 matched;
 	u32 mismatches;
 	u32 dropped;
@@ -165,6 +167,8 @@ static void colo_dp_emit(struct colo_cmp_core *core, const struct colo_cmp_decis
 			ctx->reason = d->reason;
 			ctx->has_key = d->has_key;
 			ctx->key = d->key;
+			ctx->has_div = d->has_div;
+			ctx->div_offset = d->div_offset;
 		}
 		break;
 	}
@@ -472,7 +476,7 @@ static void colo_dp_key_tuple(const struct colo_cmp_key *k, struct colo_tuple *t
 static void colo_dp_finish(struct colo_dp *dp, struct colo_dp_ctx *ctx)
 {
 	struct colo_node *node = dp->node;
-	struct colo_tuple tuple;
+	struct colo_req req = {};
 	struct sk_buff *skb;
 	int err;
 
@@ -488,11 +492,17 @@ static void colo_dp_finish(struct colo_dp *dp, struct colo_dp_ctx *ctx)
 		colo_node_add(node, COLO_PCPU_DP_DROPPED, ctx->dropped);
 	if (!ctx->req)
 		return;
-	if (ctx->has_key)
-		colo_dp_key_tuple(&ctx->key, &tuple);
 	/* colo_cmp_reason + 1 == colo_reason (payload-mismatch .. connection-limit) */
-	err = colo_node_request_checkpoint(node, ctx->reason + 1, ctx->has_key ? &tuple : NULL,
-					   GFP_ATOMIC);
+	req.reason = ctx->reason + 1;
+	if (ctx->has_key) {
+		colo_dp_key_tuple(&ctx->key, &req.tuple);
+		req.has_tuple = true;
+	}
+	if (ctx->has_div && ctx->div_offset >= 0) {
+		req.has_offset = true;
+		req.offset = (u64)ctx->div_offset;
+	}
+	err = colo_node_request_checkpoint(node, &req, GFP_ATOMIC);
 	if (err) {
 		/* Not pending after all: let the next timeout scan ask again. */
 		spin_lock_bh(&dp->lock);

@@ -47,6 +47,7 @@ static size_t colo_msg_size(void)
 	       nla_total_size(sizeof(u32)) +		/* index */
 	       nla_total_size(sizeof(u32)) +		/* owner */
 	       4 * nla_total_size(sizeof(u8)) +		/* mode, state, reason, gone-reason */
+	       nla_total_size_64bit(sizeof(u64)) +	/* offset */
 	       colo_stats_size() + colo_tuple_size();
 }
 
@@ -191,9 +192,8 @@ void colo_event_send(struct net *net, struct sk_buff *skb, gfp_t gfp)
 }
 
 /* checkpoint-needed: id, index, mode, reason [, tuple].  Any context with @gfp. */
-int colo_event_checkpoint_needed(struct colo_node *node, u8 reason,
-				 const struct colo_tuple *tuple, gfp_t gfp,
-				 struct sk_buff **out)
+int colo_event_checkpoint_needed(struct colo_node *node, const struct colo_req *req,
+				 gfp_t gfp, struct sk_buff **out)
 {
 	struct sk_buff *skb;
 	void *hdr;
@@ -206,8 +206,10 @@ int colo_event_checkpoint_needed(struct colo_node *node, u8 reason,
 	    colo_put_id(skb, node->id) ||
 	    nla_put_u32(skb, COLO_A_NODE_INDEX, node->index) ||
 	    nla_put_u8(skb, COLO_A_NODE_MODE, node->mode) ||
-	    nla_put_u8(skb, COLO_A_NODE_REASON, reason) ||
-	    (tuple && colo_put_tuple(skb, tuple))) {
+	    nla_put_u8(skb, COLO_A_NODE_REASON, req->reason) ||
+	    (req->has_tuple && colo_put_tuple(skb, &req->tuple)) ||
+	    (req->has_offset &&
+	     nla_put_u64_64bit(skb, COLO_A_NODE_OFFSET, req->offset, COLO_A_NODE_PAD))) {
 		nlmsg_free(skb);
 		return -EMSGSIZE;
 	}
@@ -641,23 +643,27 @@ static int colo_parse_tuple(struct nlattr *nest, struct colo_tuple *t,
 int colo_nl_request_checkpoint_doit(struct sk_buff *skb, struct genl_info *info)
 {
 	struct nlattr *nest = info->attrs[COLO_A_NODE_TUPLE];
-	struct colo_tuple tuple;
+	struct colo_req req = {};
 	struct colo_node *node;
 	int err;
-	u8 reason;
 
 	if (nest) {
-		err = colo_parse_tuple(nest, &tuple, info->extack);
+		err = colo_parse_tuple(nest, &req.tuple, info->extack);
 		if (err)
 			return err;
+		req.has_tuple = true;
 	}
-	reason = info->attrs[COLO_A_NODE_REASON] ?
-		 nla_get_u8(info->attrs[COLO_A_NODE_REASON]) : COLO_REASON_UNSPEC;
+	req.reason = info->attrs[COLO_A_NODE_REASON] ?
+		     nla_get_u8(info->attrs[COLO_A_NODE_REASON]) : COLO_REASON_UNSPEC;
+	if (info->attrs[COLO_A_NODE_OFFSET]) {
+		req.has_offset = true;
+		req.offset = nla_get_u64(info->attrs[COLO_A_NODE_OFFSET]);
+	}
 
 	node = colo_req_node(info);
 	if (IS_ERR(node))
 		return PTR_ERR(node);
-	err = colo_node_request_checkpoint(node, reason, nest ? &tuple : NULL, GFP_KERNEL);
+	err = colo_node_request_checkpoint(node, &req, GFP_KERNEL);
 	if (err == -EINVAL)
 		NL_SET_ERR_MSG(info->extack, "node has failed over");
 	else if (err == -ENOENT)

@@ -191,26 +191,21 @@ void colo_node_reset_counters(struct colo_node *node)
 static void colo_node_resend(struct timer_list *t)
 {
 	struct colo_node *node = from_timer(node, t, resend);
-	struct colo_tuple tuple;
+	struct colo_req req;
 	struct sk_buff *skb;
-	bool has_tuple;
-	u8 reason;
 
 	spin_lock(&node->lock);
 	if (node->dying || node->state != COLO_STATE_CHECKPOINT_PENDING) {
 		spin_unlock(&node->lock);
 		return;
 	}
-	reason = node->req_reason;
-	has_tuple = node->req_has_tuple;
-	tuple = node->req_tuple;
+	req = node->req;
 	mod_timer(&node->resend, jiffies + colo_resend_delay());
 	spin_unlock(&node->lock);
 
 	if (!colo_event_has_listeners(node->net))
 		return;
-	if (colo_event_checkpoint_needed(node, reason, has_tuple ? &tuple : NULL,
-					 GFP_ATOMIC, &skb)) {
+	if (colo_event_checkpoint_needed(node, &req, GFP_ATOMIC, &skb)) {
 		colo_event_lost(node->net);	/* still pending: retried next time */
 		return;
 	}
@@ -227,8 +222,8 @@ static void colo_node_resend(struct timer_list *t)
  * If the event cannot be built, listeners get ENOBUFS, requests-lost counts
  * it, the node stays active and the error is returned.
  */
-int colo_node_request_checkpoint(struct colo_node *node, u8 reason,
-				 const struct colo_tuple *tuple, gfp_t gfp)
+int colo_node_request_checkpoint(struct colo_node *node, const struct colo_req *req,
+				 gfp_t gfp)
 {
 	struct sk_buff *skb = NULL;
 	bool sent = false;
@@ -250,7 +245,7 @@ int colo_node_request_checkpoint(struct colo_node *node, u8 reason,
 		return err;
 
 	if (colo_event_has_listeners(node->net)) {
-		err = colo_event_checkpoint_needed(node, reason, tuple, gfp, &skb);
+		err = colo_event_checkpoint_needed(node, req, gfp, &skb);
 		if (err) {
 			colo_event_lost(node->net);
 			colo_node_count(node, COLO_PCPU_REQUESTS_LOST);
@@ -267,10 +262,7 @@ int colo_node_request_checkpoint(struct colo_node *node, u8 reason,
 		err = -EALREADY;	/* lost a race with another request */
 	} else {
 		node->state = COLO_STATE_CHECKPOINT_PENDING;
-		node->req_reason = reason;
-		node->req_has_tuple = !!tuple;
-		if (tuple)
-			node->req_tuple = *tuple;
+		node->req = *req;
 		node->pending_since = jiffies;
 		mod_timer(&node->resend, node->pending_since + colo_resend_delay());
 		sent = true;

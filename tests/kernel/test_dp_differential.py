@@ -10,7 +10,10 @@ reaches the forward link), one at a time: the next is sent once the node counted
 previous one, so the kernel sees exactly the engine's order.  The engine gets the
 kernel's limits and a hold timeout no step reaches.  What the kernel released is read
 on the client's link (bridged: every released frame is flooded there, none is for the
-client's stack); its requests from the node's counters.
+client's stack).  Its checkpoint requests are read from the events group and compared
+with the engine's, one checkpoint period at a time (between two DO_CHECKPOINTs a node
+asks at most once; a resend repeats that request): reason, connection and the offset
+of the first difference.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from dp_topo import Topo, in_netns, topology
 from test_dp_udp import wait_node
 
 from colo_proxy.compare import Config, Engine
-from colo_proxy.compare.model import CheckpointRequest, Drop, DropReason, Release
-from colo_proxy.nl import ColoClient, Mode
+from colo_proxy.compare.model import CheckpointRequest, ConnKey, Drop, DropReason, Release
+from colo_proxy.datapath.kernel import conn_key
+from colo_proxy.nl import CheckpointNeededEvent, ColoClient, ColoEvents, Mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_ccore_engine import MAC_C, MAC_G, flow_frames
@@ -44,6 +48,8 @@ CONFIG = Config(compare_timeout_ms=HOLD_MS, max_queue_per_conn=256,
 SEEDS = list(range(6))
 
 Step = tuple[str, int, bytes]
+# A checkpoint request as both sides can state it: reason, connection, first difference.
+Request = tuple[str, ConnKey | None, int | None]
 
 
 @pytest.fixture
@@ -73,12 +79,13 @@ def scenario(seed: int) -> list[Step]:
     return steps
 
 
-def engine_run(steps: list[Step]) -> tuple[list[bytes], int, list[str]]:
-    """The engine's released frames in order, its SVM matched drops, its requests."""
+def engine_run(steps: list[Step]) -> tuple[list[bytes], int, list[list[Request]]]:
+    """The engine's released frames in order, its SVM matched drops, its requests per
+    checkpoint period (the first period ends at the first checkpoint step)."""
     engine = Engine(CONFIG)
     released: list[bytes] = []
     matched = 0
-    requests: list[str] = []
+    requests: list[list[Request]] = [[]]
     frames: dict[int, bytes] = {}
     now = 0.0
     for i, (action, side, data) in enumerate(steps):
@@ -88,6 +95,7 @@ def engine_run(steps: list[Step]) -> tuple[list[bytes], int, list[str]]:
             out = engine.push(side, data, now, i)  # type: ignore[arg-type]
         else:
             out = engine.checkpoint_done(now)
+            requests.append([])
         for d in out:
             if isinstance(d, Release):
                 released.append(frames[int(d.tag)])  # type: ignore[call-overload]
@@ -95,8 +103,27 @@ def engine_run(steps: list[Step]) -> tuple[list[bytes], int, list[str]]:
                 if d.side == 1 and d.reason == DropReason.MATCHED:
                     matched += 1
             elif isinstance(d, CheckpointRequest):
-                requests.append(str(d.reason))
+                div = d.divergence
+                requests[-1].append((str(d.reason), d.key, None if div is None else div.offset))
     return released, matched, requests
+
+
+def n_requests(requests: list[list[Request]]) -> int:
+    return sum(len(period) for period in requests)
+
+
+def period_requests(events: ColoEvents, index: int) -> list[Request]:
+    """The requests of one checkpoint period, resends folded.  The caller has waited
+    until the node counted the period's last frame; the node counts a frame before it
+    compares it, so the request that frame raised may still be on its way: events are
+    read until none comes for 50 ms."""
+    got: list[Request] = []
+    while (event := events.next(0.05)) is not None:
+        if isinstance(event, CheckpointNeededEvent) and event.index == index:
+            req = (str(event.reason), conn_key(event.tuple), event.offset)
+            if req not in got:
+                got.append(req)
+    return got
 
 
 def raw(ns: str, dev: str, proto: int = 0) -> socket.socket:
@@ -124,21 +151,25 @@ def recv_frame(sock: socket.socket) -> bytes:
     return data
 
 
-def kernel_run(topo: Topo, steps: list[Step], expect: int) -> tuple[list[bytes], int, int]:
-    """What the kernel released, its SVM matched count, its checkpoint requests.
+def kernel_run(topo: Topo, steps: list[Step],
+               expect: int) -> tuple[list[bytes], int, list[list[Request]]]:
+    """What the kernel released, its SVM matched count, its checkpoint requests per
+    checkpoint period (events), checked against its checkpoint-requests counter.
     ``expect`` (the engine's number of releases) only bounds the wait for the release
     tasklet; every frame that arrives within a second more is returned too."""
     cap = raw(topo.c, "eth0", 3)
     cap.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
     pvm, svm = raw(topo.p, "eth0"), raw(topo.s, "eth0")
     try:
-        with ColoClient(netns=topo.h) as client:
+        with ColoClient(netns=topo.h) as client, ColoEvents(netns=topo.h) as events:
+            requests: list[list[Request]] = []
             index = client.proxy_init(Mode.PRIMARY, tap_ifindex=topo.tap_ifindex(),
                                       fwd_ifindex=topo.fwd_ifindex(),
                                       hold_timeout_ms=HOLD_MS).index
             seen = [0, 0]
             for action, side, data in steps:
                 if action == "checkpoint":
+                    requests.append(period_requests(events, index))
                     client.do_checkpoint(index)
                     continue
                 (svm if side else pvm).send(data)
@@ -147,6 +178,7 @@ def kernel_run(topo: Topo, steps: list[Step], expect: int) -> tuple[list[bytes],
                 want = seen[side]
                 wait_node(client, index, f"frame {want} of side {side}",
                           lambda n, f=field, w=want: n.dp_stats[f] >= w)  # type: ignore[misc]
+            requests.append(period_requests(events, index))
             deadline = time.monotonic() + 60
             got = client.get(index)
             while got.dp_stats["released"] < expect and time.monotonic() < deadline:
@@ -164,8 +196,9 @@ def kernel_run(topo: Topo, steps: list[Step], expect: int) -> tuple[list[bytes],
             assert len(frames) == got.dp_stats["released"]
             assert got.dp_stats["captured"] == seen[0]
             assert got.dp_stats["held-packets"] == 0
+            assert n_requests(requests) == got.stats["checkpoint-requests"], requests
             client.proxy_destroy(index)
-            return frames, got.dp_stats["matched"], got.stats["checkpoint-requests"]
+            return frames, got.dp_stats["matched"], requests
     finally:
         for s in (cap, pvm, svm):
             s.close()
@@ -180,7 +213,7 @@ def test_kernel_decides_like_the_engine(topo: Topo, seed: int) -> None:
     for i, (k, e) in enumerate(zip(k_released, released, strict=True)):
         assert k == e, f"release {i}: kernel {k.hex()} engine {e.hex()}"
     assert k_matched == matched
-    assert k_requests == len(requests), requests
+    assert k_requests == requests
 
 
 def spoil(steps: list[Step]) -> list[Step]:
@@ -195,10 +228,10 @@ def test_the_differential_can_fail(topo: Topo) -> None:
         flow = flow_frames(random.Random(seed), 80, False, None)
         steps: list[Step] = [("push", s, d) for s, d in flow] + [("checkpoint", 0, b"")]
         released, matched, requests = engine_run(steps)
-        if not requests and engine_run(spoil(steps))[2]:
+        if not n_requests(requests) and n_requests(engine_run(spoil(steps))[2]):
             break
     else:
         pytest.fail("no clean flow that a changed byte spoils")
     _, k_matched, k_requests = kernel_run(topo, spoil(steps), len(released))
-    assert (k_matched, k_requests) != (matched, len(requests))
-    assert k_requests >= 1
+    assert (k_matched, k_requests) != (matched, requests)
+    assert n_requests(k_requests) >= 1

@@ -259,6 +259,7 @@ def test_token_page_mismatch_then_checkpoint(topo: Topo) -> None:
                 assert isinstance(event, CheckpointNeededEvent), event
                 assert event.index == index
                 assert event.reason == Reason.PAYLOAD_MISMATCH
+                assert event.offset is not None  # exact values: test_dp_differential.py
                 assert event.tuple is not None
                 assert event.tuple.proto == socket.IPPROTO_TCP
                 assert event.tuple.src == socket.inet_aton(PVM_IP)
@@ -300,6 +301,7 @@ def test_stalled_svm_gives_a_timeout_request(topo: Topo) -> None:
                 event = events.next(120)
             assert isinstance(event, CheckpointNeededEvent), event
             assert event.reason == Reason.TIMEOUT
+            assert event.offset is None  # no difference to point at
             assert event.tuple is not None and event.tuple.sport == HTTP_PORT
             os.kill(relay.pid, signal.SIGCONT)
             client.do_checkpoint(index)

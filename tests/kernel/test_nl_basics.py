@@ -16,6 +16,7 @@ from colo_env import insmod, temp_netns
 from colo_raw import NLM_F_ACK, NLM_F_REQUEST, RawGenl, encode
 from pyroute2 import netns as pyroute2_netns
 
+from colo_proxy.errors import ColoError
 from colo_proxy.nl import (
     CheckpointNeededEvent,
     Cmd,
@@ -172,10 +173,10 @@ def test_checkpoint_request_cycle(client: ColoClient, events: ColoEvents) -> Non
     node = client.proxy_init(Mode.PRIMARY)
     flow = FlowTuple.from_addresses(6, "198.18.0.1", "198.18.0.2", sport=80, dport=40000,
                                     vlans=(12,))
-    client.request_checkpoint(node.index, Reason.PAYLOAD_MISMATCH, flow)
+    client.request_checkpoint(node.index, Reason.PAYLOAD_MISMATCH, flow, offset=(1 << 40) + 161)
     ev = events.next()
     assert ev == CheckpointNeededEvent(node.id, node.index, Mode.PRIMARY,
-                                       Reason.PAYLOAD_MISMATCH, flow)
+                                       Reason.PAYLOAD_MISMATCH, flow, (1 << 40) + 161)
     assert client.get(node.index).state == State.CHECKPOINT_PENDING
 
     # pending: further requests are counted, not sent
@@ -197,10 +198,16 @@ def test_checkpoint_request_cycle(client: ColoClient, events: ColoEvents) -> Non
     client.do_checkpoint(node.index)
     flow6 = FlowTuple.from_addresses(17, "2001:db8::1", "2001:db8::2", sport=1, dport=2,
                                      vlans=(5, 7, 4095, 0))
-    client.request_checkpoint(node.index, Reason.TIMEOUT, flow6)
+    client.request_checkpoint(node.index, Reason.TIMEOUT, flow6, offset=0)
     assert events.next() == CheckpointNeededEvent(node.id, node.index, Mode.PRIMARY,
-                                                  Reason.TIMEOUT, flow6)
-    assert client.get(node.index).stats["checkpoints"] == 2
+                                                  Reason.TIMEOUT, flow6, 0)
+    client.do_checkpoint(node.index)
+    client.request_checkpoint(node.index, Reason.CONTROL_MISMATCH, offset=(1 << 64) - 1)
+    assert events.next() == CheckpointNeededEvent(node.id, node.index, Mode.PRIMARY,
+                                                  Reason.CONTROL_MISMATCH, None, (1 << 64) - 1)
+    assert client.get(node.index).stats["checkpoints"] == 3
+    with pytest.raises(ColoError, match="not a u64"):
+        client.request_checkpoint(node.index, Reason.MANUAL, offset=-1)
 
 
 def test_checkpoint_wrong_mode(client: ColoClient) -> None:

@@ -73,11 +73,12 @@ def test_listener_that_subscribes_late_gets_the_request(ns: str,
                                     vlans=(5, 7))
     with ColoClient(netns=ns) as client, resend_ms(FAST_MS):
         node = client.proxy_init(Mode.PRIMARY)
-        client.request_checkpoint(node.index, Reason.PAYLOAD_MISMATCH, flow)
+        client.request_checkpoint(node.index, Reason.PAYLOAD_MISMATCH, flow, offset=161)
         with ColoEvents(netns=ns, timeout=30.0) as events:
             got = needed(events, {node.index}, 30.0)[node.index]
+            # the resend repeats the whole request, the offset of the difference too
             assert got == CheckpointNeededEvent(node.id, node.index, Mode.PRIMARY,
-                                                Reason.PAYLOAD_MISMATCH, flow)
+                                                Reason.PAYLOAD_MISMATCH, flow, 161)
             stats = client.get(node.index).stats
             assert stats["checkpoint-requests"] == 1 and stats["requests-resent"] >= 1
             # once checkpointed the resends stop: the next event is the next request's
