@@ -45,6 +45,9 @@
 #include "colo_dp.h"
 #include "cmp.h"
 
+#define CREATE_TRACE_POINTS
+#include "colo_trace.h"
+
 #if !IS_ENABLED(CONFIG_NETFILTER_INGRESS)
 #error "nf_colo's datapath needs CONFIG_NETFILTER_INGRESS"
 #endif
@@ -149,19 +152,27 @@ static void colo_dp_emit(struct colo_cmp_core *core, const struct colo_cmp_decis
 
 	switch (d->kind) {
 	case COLO_CMP_RELEASE:
+		trace_nf_colo_release(dp->node->index, tag_skb(d->tag)->len, d->time_us);
 		__skb_queue_tail(&dp->rxq, tag_skb(d->tag));
 		ctx->released = true;
 		break;
 	case COLO_CMP_DROP:
 		__skb_queue_tail(&ctx->drop, tag_skb(d->tag));
-		if (d->reason == COLO_CMP_MATCHED && d->side == COLO_CMP_SECONDARY)
+		if (d->reason == COLO_CMP_MATCHED && d->side == COLO_CMP_SECONDARY) {
 			ctx->matched++;
+			trace_nf_colo_match(dp->node->index, d->has_key ? &d->key : NULL,
+					    tag_skb(d->tag)->len);
+		}
 		else if (d->reason == COLO_CMP_OVERFLOW || d->reason == COLO_CMP_MALFORMED)
 			ctx->dropped++;
 		break;
 	case COLO_CMP_REQUEST:
-		if (d->reason == COLO_CMP_PAYLOAD_MISMATCH || d->reason == COLO_CMP_CONTROL_MISMATCH)
+		if (d->reason == COLO_CMP_PAYLOAD_MISMATCH ||
+		    d->reason == COLO_CMP_CONTROL_MISMATCH) {
 			ctx->mismatches++;
+			trace_nf_colo_mismatch(dp->node->index, d->has_key ? &d->key : NULL,
+					       d->has_div ? d->div_offset : -1);
+		}
 		if (!ctx->req) {
 			ctx->req = true;
 			ctx->reason = d->reason;
@@ -622,6 +633,7 @@ static unsigned int colo_dp_tap_hook(void *priv, struct sk_buff *skb,
 	colo_dp_frame(skb, &frame, &len);
 	colo_cmp_parse(frame, len, 0, &pkt);
 	colo_node_count(node, COLO_PCPU_DP_CAPTURED);
+	trace_nf_colo_capture(node->index, len, pkt.cls);
 	if (pkt.cls == COLO_CMP_CONTROL) {
 		/* ARP, ND, non-IP: straight through */
 		colo_node_count(node, COLO_PCPU_DP_CONTROL_PASSED);
@@ -756,6 +768,7 @@ void colo_dp_checkpoint(struct colo_node *node)
 	struct colo_dp_ctx ctx;
 	struct colo_dp *dp;
 	s64 now = colo_dp_now();
+	u32 released = 0, dropped = 0;
 
 	colo_dp_ctx_init(&ctx);
 	rcu_read_lock();
@@ -785,9 +798,11 @@ void colo_dp_checkpoint(struct colo_node *node)
 			}
 			if (h->side) {
 				colo_cmp_drop(core, 1, h->tag, h->conn, COLO_CMP_CHECKPOINT);
+				dropped++;
 			} else {
 				core->st.released++;
 				colo_cmp_release(core, h->tag, h->conn, now - h->arrival);
+				released++;
 			}
 		}
 		core->free_held(core, h);
@@ -819,6 +834,7 @@ void colo_dp_checkpoint(struct colo_node *node)
 	local_bh_enable();
 out:
 	rcu_read_unlock();
+	trace_nf_colo_checkpoint_done(node->index, released, dropped);
 }
 
 /* The datapath's levels for get/dump and node-gone (0 once detached). */

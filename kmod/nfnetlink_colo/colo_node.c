@@ -33,6 +33,7 @@
 #include "colo_core.h"
 #include "colo_dp.h"
 #include "colo_sec.h"
+#include "colo_trace.h"
 
 unsigned int colo_resend_ms __read_mostly = 1000;
 module_param_named(resend_ms, colo_resend_ms, uint, 0644);
@@ -239,16 +240,20 @@ int colo_node_request_checkpoint(struct colo_node *node, const struct colo_req *
 	spin_unlock_bh(&node->lock);
 	if (err == -EALREADY) {
 		colo_node_count(node, COLO_PCPU_REQUESTS_SUPPRESSED);
+		trace_nf_colo_checkpoint_request(node->index, req->reason,
+						 COLO_TRACE_REQ_SUPPRESSED);
 		return 0;
 	}
 	if (err)
-		return err;
+		goto refused;
 
 	if (colo_event_has_listeners(node->net)) {
 		err = colo_event_checkpoint_needed(node, req, gfp, &skb);
 		if (err) {
 			colo_event_lost(node->net);
 			colo_node_count(node, COLO_PCPU_REQUESTS_LOST);
+			trace_nf_colo_checkpoint_request(node->index, req->reason,
+							 COLO_TRACE_REQ_LOST);
 			return err;
 		}
 	}
@@ -272,15 +277,22 @@ int colo_node_request_checkpoint(struct colo_node *node, const struct colo_req *
 	if (!sent) {
 		kfree_skb(skb);
 		if (err != -EALREADY)
-			return err;
+			goto refused;
 		colo_node_count(node, COLO_PCPU_REQUESTS_SUPPRESSED);
+		trace_nf_colo_checkpoint_request(node->index, req->reason,
+						 COLO_TRACE_REQ_SUPPRESSED);
 		return 0;
 	}
 	colo_node_count(node, COLO_PCPU_CHECKPOINT_REQUESTS);
+	trace_nf_colo_checkpoint_request(node->index, req->reason, COLO_TRACE_REQ_SENT);
 	/* After unlock: do-checkpoint may already have cleared pending (harmless). */
 	if (skb)
 		colo_event_send(node->net, skb, gfp);
 	return 0;
+
+refused:
+	trace_nf_colo_checkpoint_request(node->index, req->reason, COLO_TRACE_REQ_REFUSED);
+	return err;
 }
 
 /* Process context, after a grace period: stop the timer, node-gone, drop the store's ref. */
