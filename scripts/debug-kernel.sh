@@ -144,7 +144,11 @@ if ! nice -n "${DEBUG_KERNEL_NICE:-10}" make -j"${DEBUG_KERNEL_JOBS:-2}" bzImage
     die "$SERIES: kernel build failed (log: $WORK/build.log)"
 fi
 build_s=$((SECONDS - t0)) build_cpu=$(( $(children_cpu) - c0 ))
-say "$SERIES: built in $build_s s ($build_cpu s CPU)"
+# The release as built: before the first build include/config/auto.conf does not exist yet,
+# so `make kernelrelease` above left out CONFIG_LOCALVERSION (a fresh tree said "6.12.118"
+# and modules_install wrote lib/modules/6.12.118-colo-debug).
+kver=$(<include/config/kernel.release)
+say "$SERIES: built $kver in $build_s s ($build_cpu s CPU)"
 
 # ---- publish: root/ and a trimmed headers/ tree ----------------------------------------
 rm -rf "$DEST.tmp" && mkdir -p "$DEST.tmp/root/boot"
