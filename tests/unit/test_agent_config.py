@@ -177,3 +177,14 @@ def test_cli_check(tmp_path: Path) -> None:
     res = runner.invoke(main, ["config", "check", str(tmp_path / "missing.toml")])
     assert res.exit_code == 2
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_non_loopback_metrics_is_one_warning_line(tmp_path: Path) -> None:
+    text = _primary(_key(tmp_path))
+    assert parse(text, "host.toml").warnings == ()          # 127.0.0.1:9810: none
+    assert parse(text.replace('metrics = "127.0.0.1:9810"', 'metrics = "[::1]:9810"'),
+                 "host.toml").warnings == ()
+    cfg = parse(text.replace('metrics = "127.0.0.1:9810"', 'metrics = "0.0.0.0:9810"'),
+                "host.toml")
+    assert cfg.warnings == ("host.toml: agent.metrics: 0.0.0.0:9810 is not loopback; the "
+                            "metrics endpoint has no authentication",)
