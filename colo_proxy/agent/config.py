@@ -25,9 +25,10 @@ Layout::
 
     [vm.NAME.datapath]                  # primary only
     kind = "qemu-socket"
-    primary_in = "tcp:127.0.0.1:9001"
-    secondary_in = "tcp:10.0.0.1:9004,server"
-    outdev = "tcp:127.0.0.1:9005"
+    primary_in = "unix:/run/colo/NAME-pin.sock"
+    # the secondary's redirector connects here over TLS, and only it (docs/security.md)
+    secondary_in = "tcp:10.0.0.1:9004,server,tls-creds=/etc/colo/tls,tls-authz=O=colo,,CN=secondary"
+    outdev = "unix:/run/colo/NAME-out.sock"
     vnet_hdr = ["all"]
 
     [vm.NAME.heartbeat]
