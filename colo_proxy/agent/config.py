@@ -2,9 +2,10 @@
 
 ``load(path)`` returns an :class:`AgentConfig` or raises :class:`ConfigErrors`,
 which carries every problem found as ``(file, key, reason)``; ``colo-proxy config
-check FILE`` prints one line per problem.  Nothing here raises anything else on
-bad input (a missing file, bad TOML, a wrong type are all problems like any
-other).
+check FILE`` prints one line per problem, then the warnings: ``AgentConfig.warnings``
+and :func:`endpoint_warnings` (which the datapath logs itself when it starts).
+Nothing here raises anything else on bad input (a missing file, bad TOML, a wrong
+type are all problems like any other).
 
 Layout::
 
@@ -25,9 +26,10 @@ Layout::
 
     [vm.NAME.datapath]                  # primary only
     kind = "qemu-socket"
-    primary_in = "tcp:127.0.0.1:9001"
-    secondary_in = "tcp:10.0.0.1:9004,server"
-    outdev = "tcp:127.0.0.1:9005"
+    primary_in = "unix:/run/colo/NAME-pin.sock"
+    # the secondary's redirector connects here over TLS, and only it (docs/security.md)
+    secondary_in = "tcp:10.0.0.1:9004,server,tls-creds=/etc/colo/tls,tls-authz=O=colo,,CN=secondary"
+    outdev = "unix:/run/colo/NAME-out.sock"
     vnet_hdr = ["all"]
 
     [vm.NAME.heartbeat]
@@ -54,7 +56,7 @@ from typing import Any
 
 from ..compare.model import PassthroughRule
 from ..compare.passthrough import parse_rule
-from ..datapath.endpoints import Endpoint, parse_endpoint
+from ..datapath.endpoints import Endpoint, exposure_warning, parse_endpoint
 from ..errors import ColoError, InputError
 
 ROLES = ("primary", "secondary")
@@ -454,6 +456,23 @@ def parse(text: str, file: str = "<config>", check_files: bool = True) -> AgentC
         raise ConfigErrors(r.problems)
     return AgentConfig(Path(file), tuple(vms), metrics,
                        Path(status_file) if status_file else None, tuple(warnings))
+
+
+def endpoint_warnings(cfg: AgentConfig) -> list[str]:
+    """``FILE: vm.NAME.datapath.END: ...`` for each datapath endpoint on a non-loopback
+    address without TLS: the warning the datapath logs when it starts (not part of
+    ``cfg.warnings``, which the agent logs too, so that it is not logged twice)."""
+    lines: list[str] = []
+    for vm in cfg.vms:
+        dp = vm.datapath
+        if dp is None:
+            continue
+        for name, ep in (("primary_in", dp.primary_in), ("secondary_in", dp.secondary_in),
+                         ("outdev", dp.outdev)):
+            exposed = exposure_warning(ep)
+            if exposed is not None:
+                lines.append(f"{cfg.path}: vm.{vm.name}.datapath.{name}: {exposed}")
+    return lines
 
 
 def load(path: str | Path, check_files: bool = True) -> AgentConfig:

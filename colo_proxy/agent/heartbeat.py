@@ -16,9 +16,13 @@ A datagram is accepted only if, in this order: it parses (else ``malformed``);
 its MAC is right (else ``forged``); it names this VM and the *peer's* role, so a
 datagram reflected back to its sender is refused (else ``wrong_peer``); its wall
 time is within ``window_ms`` of ours (else ``stale``: an old capture, or clocks
-too far apart -- keep the hosts on NTP); and it is newer than the last accepted
-one: a higher counter in the same session, or a later wall time for a new
-session (else ``replayed``).  Refused datagrams are counted and change nothing:
+too far apart -- keep the hosts on NTP); the first one accepted since this agent
+started was sent after that start, by its wall time (else ``stale``: the window
+alone would let a receiver that just restarted, and so knows no peer session,
+take a capture up to ``window_ms`` old for a live peer); and it is newer than the
+last accepted one: a higher counter in the same session, or a later wall time for
+a new session (else ``replayed``), so every later one was sent after that start
+too.  Refused datagrams are counted and change nothing:
 a forged or replayed heartbeat cannot keep a dead peer alive, and no datagram
 can trigger a failover (only their *absence*, or an authenticated "unhealthy",
 does; failover.py has the split-brain rule).
@@ -130,6 +134,9 @@ class Heartbeat(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._sender: asyncio.Task[None] | None = None
         self._started = 0.0
+        self._started_wall_ms = 0
+        """Wall time of start(), before the socket is bound: the first beat accepted must
+        be stamped no earlier."""
         self._refusal_logged: set[str] = set()
 
     # -- receiving ---------------------------------------------------------------
@@ -149,6 +156,10 @@ class Heartbeat(asyncio.DatagramProtocol):
             self._refuse("stale", addr)
             return False
         last = self._last
+        if last is None and beat.wall_ms < self._started_wall_ms:
+            self._refuse("stale", addr, "sent before this agent started: a capture, or the "
+                         "peer's clock is behind ours")
+            return False
         if last is not None and (beat.counter <= last[1] if beat.session == last[0]
                                  else beat.wall_ms <= last[2]):
             self._refuse("replayed", addr)
@@ -164,12 +175,13 @@ class Heartbeat(asyncio.DatagramProtocol):
         self.peer_healthy = beat.healthy
         return True
 
-    def _refuse(self, why: str, addr: object) -> None:
+    def _refuse(self, why: str, addr: object, detail: str = "") -> None:
         setattr(self.counters, why, getattr(self.counters, why) + 1)
-        if why not in self._refusal_logged:  # one line per kind, the counters say the rest
-            self._refusal_logged.add(why)
+        kind = f"{why}: {detail}" if detail else why
+        if kind not in self._refusal_logged:  # one line per kind, the counters say the rest
+            self._refusal_logged.add(kind)
             log.warning("%s: heartbeat refused (%s) from %s; further ones are only counted",
-                        self.name, why, addr)
+                        self.name, kind, addr)
 
     # -- liveness ----------------------------------------------------------------
 
@@ -204,7 +216,8 @@ class Heartbeat(asyncio.DatagramProtocol):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
+        self._started_wall_ms = int(time.time() * 1000)  # before bind: nothing sent earlier
+        transport, _ = await loop.create_datagram_endpoint(  # can arrive but late
             lambda: self, local_addr=(self.listen.host, self.listen.port))
         self._transport = transport
         self._started = self.clock()

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -45,6 +47,52 @@ class QmpTimeout(QmpError):
 
 class QmpCommandFailed(QmpError):
     """QEMU answered with an error."""
+
+
+def socket_exposure(path: str) -> str | None:
+    """Why users other than a unix socket's owner (and root) may reach it, else None.
+
+    Connecting needs write permission on the socket and search permission on its
+    directory, so a group- or world-writable socket is reachable by that class only
+    if its directory lets it in (only the parent directory is looked at: the one
+    docs/operations.md tells to restrict).  A directory that its group or others may
+    write to (and search), without the sticky bit, lets them replace the socket by one
+    of their own, which the agent would then take for QEMU's monitor.
+    """
+    try:
+        sock = os.stat(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        dir_ = os.stat(parent)
+    except OSError:
+        return None
+    mode, dmode = sock.st_mode, dir_.st_mode
+    shown = f"mode {stat.S_IMODE(mode):04o}, directory {stat.S_IMODE(dmode):04o}"
+    why: list[str] = []
+    # Who gets which permission class: a member of the socket's group gets the socket's
+    # group bits, and the directory's group bits only if it is the same group.
+    dir_group_enters = bool(dmode & stat.S_IXGRP)
+    if mode & stat.S_IWOTH and dmode & stat.S_IXOTH:
+        why.append(f"writable by every local user ({shown})")
+    elif mode & stat.S_IWGRP and (dmode & stat.S_IXOTH or (
+            dir_group_enters and dir_.st_gid == sock.st_gid)):
+        why.append(f"writable by the members of group {_group(sock.st_gid)} ({shown})")
+    elif mode & stat.S_IWOTH and dir_group_enters and dir_.st_gid != sock.st_gid:
+        why.append(f"writable by the members of group {_group(dir_.st_gid)}, which may "
+                   f"enter its directory ({shown})")
+    open_to = [who for who, bits in (("group", stat.S_IWGRP | stat.S_IXGRP),
+                                     ("others", stat.S_IWOTH | stat.S_IXOTH))
+               if dmode & bits == bits]
+    if open_to and not dmode & stat.S_ISVTX:
+        why.append(f"its directory {parent} (mode {stat.S_IMODE(dmode):04o}, no sticky "
+                   f"bit) lets its {' and '.join(open_to)} replace the socket")
+    return "; ".join(why) or None
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 class Monitor:
@@ -92,16 +140,17 @@ class Monitor:
                        loop.create_task(self._watch(client))]
 
     def _check_mode(self) -> None:
-        """Warn once if any local user may connect to the monitor (a unix socket needs
-        write permission to connect): whoever can is as powerful as the agent."""
-        try:
-            mode = os.stat(self.path).st_mode
-        except OSError:
+        """Warn once, in one line, if local users other than the socket's owner may
+        reach the monitor: whoever can connect is as powerful as the agent."""
+        if self._mode_warned:
             return
-        if mode & 0o002 and not self._mode_warned:
+        why = socket_exposure(self.path)
+        if why is not None:
             self._mode_warned = True
-            log.warning("%s: QMP socket %s is writable by every local user (mode %04o): "
-                        "restrict it (docs/operations.md)", self.name, self.path, mode & 0o7777)
+            log.warning("%s: QMP socket %s: %s: whoever connects controls the VM; keep it "
+                        "in a directory only QEMU's and the agent's users may enter and "
+                        "write (install -d -m 0700 /run/colo), or start QEMU with umask 077 "
+                        "(docs/operations.md)", self.name, self.path, why)
 
     async def _events(self, client: Any) -> None:
         async for event in client.events:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..agent.config import ConfigErrors, load
+from ..agent.config import ConfigErrors, endpoint_warnings, load
 
 
 @click.group(name="config")
@@ -26,7 +26,7 @@ def check(file: str, no_files: bool) -> None:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         sys.exit(2)
-    for warning in cfg.warnings:
+    for warning in (*cfg.warnings, *endpoint_warnings(cfg)):
         click.echo(f"warning: {warning}", err=True)
     roles = ", ".join(f"{vm.name} ({vm.role})" for vm in cfg.vms)
     click.echo(f"{file}: ok: {len(cfg.vms)} VM(s): {roles}")

@@ -68,6 +68,19 @@ class Endpoint:
         return self.kind == "unix" or is_loopback_host(self.address)
 
 
+def exposure_warning(endpoint: Endpoint) -> str | None:
+    """Why a tcp endpoint on a non-loopback address without TLS is exposed, else None.
+
+    The one source of that warning's text: ``run`` (and the agent's datapath) logs it
+    at start as ``NAME: WARNING: TEXT``, ``colo-proxy config check`` prints it too.
+    """
+    if endpoint.kind != "tcp" or endpoint.tls or endpoint.loopback:
+        return None
+    what = "take" if endpoint.server else "impersonate the peer of"
+    return (f"{endpoint} is not a loopback address and has no TLS: anyone who reaches it "
+            f"can {what} this link (add tls-creds=DIR, see docs/security.md)")
+
+
 def is_loopback_host(host: str) -> bool:
     """``localhost`` or a loopback IP literal; any other name is taken as reachable."""
     if host == "localhost":

@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 from ..errors import ColoError, InputError
 from ..qemu.framing import FrameDecoder, FramingError
-from .endpoints import Endpoint
+from .endpoints import Endpoint, exposure_warning
 from .tls import HANDSHAKE_TIMEOUT, Authz, client_context, peer_dn, server_context
 
 log = logging.getLogger("colo_proxy.qemu_socket")
@@ -250,11 +250,9 @@ class Link:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         ep = self.endpoint
-        if ep.kind == "tcp" and not ep.tls and not ep.loopback:
-            log.warning("%s: WARNING: %s is not a loopback address and has no TLS: anyone "
-                        "who reaches it can %s this link (add tls-creds=DIR, see "
-                        "docs/security.md)", self.name, ep,
-                        "take" if ep.server else "impersonate the peer of")
+        exposed = exposure_warning(ep)
+        if exposed is not None:
+            log.warning("%s: WARNING: %s", self.name, exposed)
         if ep.server:
             if ep.kind == "unix":
                 sock = _unix_listener(ep.address, self._gid)

@@ -171,3 +171,36 @@ def test_restarted_peer_is_accepted_with_a_new_session() -> None:
         await secondary.close()
 
     _run(body)
+
+
+def test_a_restarted_receiver_refuses_beats_captured_before_it_started() -> None:
+    """The time window is max(5 s, 2 x interval x misses), longer than the dead-after:
+    a receiver that just restarted knows no peer session, so without the start rule it
+    took a beat captured up to 5 s before for a live peer."""
+    async def body() -> None:
+        primary, secondary, _ = _pair()                 # dead after 0.2 s
+        await secondary.start()
+        attacker = Attacker()                           # relays, and keeps a copy
+        captured = [primary.next_datagram() for _ in range(50)]
+        for data in captured[:3]:
+            attacker.send(data, secondary)
+        await _until(lambda: secondary.counters.accepted == 3)
+        await secondary.close()                         # the secondary's agent restarts
+        await asyncio.sleep(0.01)                       # (and the primary is dead)
+        restarted = Heartbeat("vm", primary=False, key=KEY, listen=secondary.listen,
+                              peer=secondary.peer, interval_ms=50, misses=4)
+        await restarted.start()
+        for data in captured[3:]:                       # genuine, in order, within 5 s
+            attacker.send(data, restarted)
+            await asyncio.sleep(0.01)
+        c = restarted.counters
+        await _until(lambda: c.stale + c.accepted + c.replayed == len(captured) - 3)
+        assert (c.accepted, c.stale) == (0, len(captured) - 3)
+        assert restarted.silent                         # 0.47 s since start: dead
+        fresh = primary.next_datagram()                 # the peer is back: accepted
+        attacker.send(fresh, restarted)
+        await _until(lambda: restarted.counters.accepted == 1)
+        assert not restarted.silent
+        await restarted.close()
+
+    _run(body)

@@ -177,3 +177,53 @@ def test_cli_check(tmp_path: Path) -> None:
     res = runner.invoke(main, ["config", "check", str(tmp_path / "missing.toml")])
     assert res.exit_code == 2
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_non_loopback_metrics_is_one_warning_line(tmp_path: Path) -> None:
+    text = _primary(_key(tmp_path))
+    assert parse(text, "host.toml").warnings == ()          # 127.0.0.1:9810: none
+    assert parse(text.replace('metrics = "127.0.0.1:9810"', 'metrics = "[::1]:9810"'),
+                 "host.toml").warnings == ()
+    cfg = parse(text.replace('metrics = "127.0.0.1:9810"', 'metrics = "0.0.0.0:9810"'),
+                "host.toml")
+    assert cfg.warnings == ("host.toml: agent.metrics: 0.0.0.0:9810 is not loopback; the "
+                            "metrics endpoint has no authentication",)
+
+
+def test_cli_check_warns_about_a_plain_non_loopback_endpoint(tmp_path: Path) -> None:
+    """config check prints the warning the datapath logs at start, one line per endpoint."""
+    good = _primary(_key(tmp_path))
+    runner = CliRunner()
+    plain = tmp_path / "plain.toml"
+    plain.write_text(good.replace('"tcp:127.0.0.1:9004,server"', '"tcp:10.0.0.1:9004,server"')
+                     .replace('"tcp:127.0.0.1:9001"', '"tcp:10.0.0.1:9001"'))
+    res = runner.invoke(main, ["config", "check", str(plain)])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines() == [
+        f"warning: {plain}: vm.web.datapath.primary_in: tcp:10.0.0.1:9001 is not a loopback "
+        "address and has no TLS: anyone who reaches it can impersonate the peer of this "
+        "link (add tls-creds=DIR, see docs/security.md)",
+        f"warning: {plain}: vm.web.datapath.secondary_in: tcp:10.0.0.1:9004,server is not a "
+        "loopback address and has no TLS: anyone who reaches it can take this link (add "
+        "tls-creds=DIR, see docs/security.md)"]
+    assert "ok: 1 VM(s)" in res.stdout
+    tls = tmp_path / "tls.toml"
+    tls.write_text(good.replace('"tcp:127.0.0.1:9004,server"',
+                                '"tcp:10.0.0.1:9004,server,tls-creds=/etc/colo/tls"'))
+    res = runner.invoke(main, ["config", "check", str(tls)])
+    assert res.exit_code == 0, res.output
+    assert res.stderr == ""                             # TLS, and loopback: no warning
+
+
+def test_the_documented_layout_parses_and_is_the_secure_one() -> None:
+    import textwrap
+
+    import colo_proxy.agent.config as module
+    from colo_proxy.agent.config import endpoint_warnings
+
+    assert module.__doc__ is not None
+    layout = textwrap.dedent(module.__doc__.split("Layout::", 1)[1])
+    cfg = parse(layout, "layout.toml", check_files=False)
+    (vm,) = cfg.vms
+    assert vm.datapath is not None and vm.datapath.secondary_in.tls
+    assert endpoint_warnings(cfg) == []
