@@ -7,9 +7,10 @@
 # Schedule: the run costs tens of minutes under TCG, so it is skipped when this exact input
 # already passed on this machine.  The input hash covers what the run's verdict depends on:
 # kmod/ (the module), tests/kernel/ (the tests and the buggy module), scripts/ (kernel build,
-# config fragment, harness), colo_proxy/nl/ (the tests' netlink client), and the debug
-# kernel's cache key.  A pass leaves a stamp in the machine cache
-# ($COLO_KERNEL_CACHE/results/, default /var/cache/colo-proxy/kernels/results/), or in
+# config fragment, harness), colo_proxy/nl/ and tests/nl_spec.py (the tests' netlink client
+# and its spec loader), and the debug kernel's cache key.  A pass leaves a stamp in the
+# machine cache ($COLO_KERNEL_CACHE/results/, default
+# /var/cache/colo-proxy/kernels/results/), or in
 # BUILD/debug-kernel/results/ when the machine cache is off (COLO_KERNEL_CACHE=none).
 # A second, checked-in stamp, scripts/debug-verified, names the tree of kmod/ and of the debug
 # recipe (debug-kernel.sh, debug-kernel.config, this script, tests/kernel/buggy/) that last
@@ -55,7 +56,7 @@ fi
 key=$(sed -n 's/^key: //p' "$build/kernels/$series/.prepared")
 
 input=$( { echo "series $series kernel $key"; echo "pytest ${PYTEST_ARGS:-} ${DEBUG_PYTEST_ARGS:-}";
-           cd "$repo" && find kmod tests/kernel scripts colo_proxy/nl -type f \
+           cd "$repo" && find kmod tests/kernel tests/nl_spec.py scripts colo_proxy/nl -type f \
                ! -name '*.pyc' ! -path '*/__pycache__/*' ! -name '*.o' ! -name '*.ko' \
                ! -name '*.mod*' ! -name '.*.cmd' ! -path scripts/debug-verified \
                -print0 | sort -z | xargs -0 sha256sum; } \
