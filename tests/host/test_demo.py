@@ -241,12 +241,19 @@ def test_demo_summary(demo_run: DemoRun, tmp_path: Path) -> None:
     assert ports["primary"] == ports["secondary"]
     assert all(p < BASELINE_PORTS[0] for p in ports["secondary"]), sorted(ports["secondary"])
     # The saved captures are what `colo-proxy diff` reads, and it finds the same
-    # divergences: exactly the token connections.
+    # divergences as the live datapath: the same checkpoints (connection, reason,
+    # offset), one on each token connection, and no other connection diverged.
     diff = _diff_json(captures / "primary.pcap", captures / "secondary.pcap")
     assert diff["summary"]["connections"] == conns["total"] == len(ports["primary"])
     token_ports = sorted(t["local_port"] for t in tokens)
     diverged = sorted(int(c["connection"].rsplit(":", 1)[1]) for c in diff["checkpoints"])
     assert diverged == token_ports, (diff["summary"], token_ports)
+    assert diff["summary"]["connections_diverged"] == len(tokens), diff["summary"]
+    live = sorted((c["key"], c["reason"], c["divergence"]["offset"])
+                  for c in summary["checkpoint_list"])
+    offline = sorted((c["connection"], c["reason"], c["engine_offset"])
+                     for c in diff["checkpoints"])
+    assert offline == live
 
     if plotting:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
