@@ -29,6 +29,7 @@ from rich.live import Live
 from ..errors import ColoError
 from ..topology import Topology, build, netns
 from .datapaths import DATAPATHS, KERNEL_MODULE, NEEDS_MODULE
+from .drain import BASELINE_SYSCTLS, read_sysctls, wait_quiet
 from .events import parse_event
 from .interrupts import Interrupts
 from .lock import PrefixLock, lock_path
@@ -468,6 +469,11 @@ class Demo:
         self._say(f"unprotected baseline, part {part} of 2: {secs:g} s of the same traffic "
                   f"{when} the protected run, no datapath ({BASELINE_NOTE})")
         self._drop_secondary(topo, "-I")
+        # The secondary, being slower, may be left with answers nothing will ever
+        # acknowledge (drain.py): it gives them up quickly, and the part ends only
+        # when it has, so that none of them reaches the datapath or a capture.
+        defaults = read_sysctls(topo.svm, list(BASELINE_SYSCTLS))
+        netns.write_sysctls(topo.svm, BASELINE_SYSCTLS)
         self.state.baseline_part(part)
         # Client ports of their own: a port the other phases used could meet a
         # connection still in TIME_WAIT in the VMs.
@@ -484,6 +490,13 @@ class Demo:
                 next_line += 1.0
             time.sleep(0.1)
         driver.stop()
+        left = wait_quiet(topo.svm, SERVICE_PORT, max(5.0, self.o.ready_timeout))
+        if left:
+            self._say(f"warning: after the baseline's part {part} the secondary still has "
+                      f"{len(left)} connections that may send into the protected run "
+                      f"(client ports {', '.join(str(s.remote_port) for s in left[:5])}; "
+                      f"states {', '.join(sorted({s.state for s in left}))})")
+        netns.write_sysctls(topo.svm, defaults)
         self._drop_secondary(topo, "-D")
 
     def _drop_secondary(self, topo: Topology, op: str) -> None:

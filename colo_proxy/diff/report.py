@@ -94,14 +94,14 @@ class ConnReport:
 
     def verdict(self) -> list[str]:
         """Why the connection counts as diverged (empty: it matched).  Anything the
-        proxy would not have passed through unharmed counts: a checkpoint, a
-        divergence, a frame lost to the hard limits, a timeout, a frame never decided."""
+        proxy would not have passed through unharmed counts: a checkpoint (every
+        divergence the engine finds on the connection is one, and ``first_divergence``
+        exists only beside one: build_report), a timeout, a frame lost to the hard
+        limits, a frame never decided."""
         why: list[str] = []
         if self.checkpoints:
             n = len(self.checkpoints)
             why.append(f"{n} checkpoint{'s' if n != 1 else ''}")
-        if self.first_divergence is not None and not self.checkpoints:
-            why.append("streams differ")
         timeouts = sum(1 for c in self.checkpoints if c.request.reason == Reason.TIMEOUT)
         if timeouts:
             why.append(f"{timeouts} timeout{'s' if timeouts != 1 else ''}")

@@ -1,7 +1,8 @@
 """colo_proxy.nl: client of the kernel module's "colo" Generic Netlink family.
 
-``ColoClient`` sends the operations, ``ColoEvents`` receives the notifications;
-``spec`` loads ``colo.yaml``, the contract both sides are checked against.
+``ColoClient`` sends the operations, ``ColoEvents`` receives the notifications.
+``colo.yaml`` (package data) is the contract both sides are checked against; the
+tests' ``tests/nl_spec.py`` loads it.
 
 The names are imported lazily: pyroute2 costs ~0.1 s to import (seconds under
 TCG), and every ``colo-proxy`` command would otherwise pay it.

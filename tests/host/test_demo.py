@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any
 import pytest
 
 from colo_proxy.demo.lock import lock_path
+from colo_proxy.demo.procs import netns_pids
+from colo_proxy.demo.session import BASELINE_PORTS
 
 pytestmark = pytest.mark.root
 
@@ -97,17 +100,81 @@ def _diff_json(primary: Path, secondary: Path) -> dict[str, Any]:
     return result
 
 
+def _stall_secondary_in_baseline(proc: subprocess.Popen[str], prefix: str) -> str:
+    """Read the demo's stderr up to its first baseline part and stop the secondary's
+    processes for a moment there: a slower secondary, as on a loaded host, which
+    leaves the baseline's secondary with answers nothing acknowledges.  Returns the
+    stderr read."""
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("unprotected baseline, part 1"):
+            break
+    else:
+        raise AssertionError("no baseline part 1: " + "".join(seen)[-2000:])
+    time.sleep(0.3)
+    pids = netns_pids(f"{prefix}-svm")
+    assert pids, "no process in the secondary"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.3)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    return "".join(seen)
+
+
+def _read_to_end(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The rest of stdout and stderr, through the file objects (communicate() would
+    skip what their buffers already hold), and the exit."""
+    out: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda n=name, f=f: out.__setitem__(n, f.read()),
+                                daemon=True)
+               for name, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for r in readers:
+        r.start()
+    proc.wait(timeout=timeout)
+    for r in readers:
+        r.join(timeout=10)
+    return out.get("stdout", ""), out.get("stderr", "")
+
+
+def _client_ports(path: Path) -> set[int]:
+    """The client ports of the TCP frames to or from port 80 in a capture."""
+    from scapy.layers.inet import TCP
+    from scapy.utils import PcapReader
+
+    found = set()
+    with PcapReader(str(path)) as reader:
+        for pkt in reader:
+            if TCP in pkt:
+                tcp = pkt[TCP]
+                found.add(tcp.dport if tcp.sport == 80 else tcp.sport)
+    return found
+
+
 def test_demo_summary(demo_run: DemoRun, tmp_path: Path) -> None:
     captures, plot = tmp_path / "captures", tmp_path / "latency.png"
     # --plot needs the optional matplotlib ('plot' extra).
     plotting = importlib.util.find_spec("matplotlib") is not None
-    proc = subprocess.run(demo_run.argv("--duration", "8", "--json", "--plain",
-                                        "--baseline", "3", "--save-captures", str(captures),
-                                        *(["--plot", str(plot)] if plotting else [])),
-                          capture_output=True, text=True, env=demo_run.env, timeout=240,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary: dict[str, Any] = json.loads(proc.stdout)
+    proc = subprocess.Popen(demo_run.argv("--duration", "8", "--json", "--plain",
+                                          "--baseline", "3", "--save-captures", str(captures),
+                                          *(["--plot", str(plot)] if plotting else [])),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=demo_run.env)
+    try:
+        stderr = _stall_secondary_in_baseline(proc, demo_run.prefix)
+        stdout, rest = _read_to_end(proc, timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    proc_stderr = stderr + rest
+    assert proc.returncode == 0, proc_stderr[-3000:]
+    summary: dict[str, Any] = json.loads(stdout)
 
     req = summary["requests"]
     assert req["total"] > 0
@@ -136,7 +203,7 @@ def test_demo_summary(demo_run: DemoRun, tmp_path: Path) -> None:
         assert span[0] <= entry["divergence"]["offset"] < span[1]
     assert cps["flushes"] == cps["requested"]
     assert "flush" in summary["note"]
-    assert "checkpoint here is a flush" in proc.stderr
+    assert "checkpoint here is a flush" in proc_stderr
 
     # Request latency as the client measured it, protected and unprotected, with every
     # sample in the histogram; the hold time's interval figures named as such.
@@ -150,12 +217,12 @@ def test_demo_summary(demo_run: DemoRun, tmp_path: Path) -> None:
     assert "latency_ms" not in summary and "worst_interval_p99" in summary["hold_time_ms"]
 
     # Without a terminal: 100 columns, and it says why there is no live view.
-    lines = proc.stderr.splitlines()
+    lines = proc_stderr.splitlines()
     assert max(len(line) for line in lines) <= 100, max(lines, key=len)
     assert any("the live view needs a terminal" in line for line in lines)
     # The checkpoints of one cause collapse; the headline and what to try next come last.
     if len(tokens) > 1:
-        assert f"{len(tokens) - 1} more, same cause: token at offset" in proc.stderr
+        assert f"{len(tokens) - 1} more, same cause: token at offset" in proc_stderr
     assert sum(1 for line in lines if "first divergence" in line) == 1
     order = [next(i for i, line in enumerate(lines) if mark in line)
              for mark in ("checkpoint requests ─", "cleaned up", "colo-proxy demo: summary",
@@ -163,14 +230,30 @@ def test_demo_summary(demo_run: DemoRun, tmp_path: Path) -> None:
     assert order == sorted(order), order
     assert "docs/qemu.md" in lines[-1]
     command = f"colo-proxy diff {captures}/primary.pcap {captures}/secondary.pcap"
-    assert command in proc.stderr.replace(" \\\n     ", ""), "no diff command to copy"
+    assert command in proc_stderr.replace(" \\\n     ", ""), "no diff command to copy"
 
+    # The saved captures hold exactly the protected run's connections: nothing the
+    # baseline left in the (stalled, so slower) secondary reached them, nor the datapath.
+    assert "warning" not in proc_stderr
+    assert [k for k in conns["other_flows"] if k.startswith("tcp")] == []
+    ports = {role: _client_ports(captures / name)
+             for role, name in (("primary", "primary.pcap"), ("secondary", "secondary.pcap"))}
+    assert ports["primary"] == ports["secondary"]
+    assert all(p < BASELINE_PORTS[0] for p in ports["secondary"]), sorted(ports["secondary"])
     # The saved captures are what `colo-proxy diff` reads, and it finds the same
-    # divergences: exactly the token connections.
+    # divergences as the live datapath: the same checkpoints (connection, reason,
+    # offset), one on each token connection, and no other connection diverged.
     diff = _diff_json(captures / "primary.pcap", captures / "secondary.pcap")
+    assert diff["summary"]["connections"] == conns["total"] == len(ports["primary"])
     token_ports = sorted(t["local_port"] for t in tokens)
     diverged = sorted(int(c["connection"].rsplit(":", 1)[1]) for c in diff["checkpoints"])
     assert diverged == token_ports, (diff["summary"], token_ports)
+    assert diff["summary"]["connections_diverged"] == len(tokens), diff["summary"]
+    live = sorted((c["key"], c["reason"], c["divergence"]["offset"])
+                  for c in summary["checkpoint_list"])
+    offline = sorted((c["connection"], c["reason"], c["engine_offset"])
+                     for c in diff["checkpoints"])
+    assert offline == live
 
     if plotting:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

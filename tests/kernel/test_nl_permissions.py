@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import nl_spec as spec
 import pytest
 from colo_env import insmod, read_json, report, spawn, stop, temp_netns
 
-from colo_proxy.nl import ColoClient, Mode, State, spec
+from colo_proxy.nl import ColoClient, Mode, State
 
 pytestmark = pytest.mark.kernel
 

@@ -46,9 +46,6 @@ _PROVIDES = {"click": "click", "rich": "rich", "pyroute2": "pyroute2", "qemu.qmp
 _NOT_YET_IMPORTED: set[str] = set()  # declared dependencies nothing imports yet
 _OPTIONAL = {"plot": {"matplotlib"}}
 """Runtime extras: modules the package imports only when the extra is installed."""
-_TEST_ONLY_MODULES = {"nl/spec.py"}
-"""Modules of the package only the tests import (colo.yaml reader for the spec agreement
-test): they may import test extras; they belong in tests/ (issue 9 section 4)."""
 
 
 def _third_party_imports() -> set[str]:
@@ -58,8 +55,6 @@ def _third_party_imports() -> set[str]:
     root = Path(__file__).resolve().parents[2] / "colo_proxy"
     found: set[str] = set()
     for path in root.rglob("*.py"):
-        if path.relative_to(root).as_posix() in _TEST_ONLY_MODULES:
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module] if isinstance(node, ast.ImportFrom) and node.module

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -15,7 +16,9 @@ from scapy.packet import Packet, Raw
 from test_diff_cli import PAGE, VM, conversation, diff_json, run, write_pair
 
 from colo_proxy.compare import parse as engine_parse
-from colo_proxy.compare.model import ConnKey
+from colo_proxy.compare.conn import Conn
+from colo_proxy.compare.core import Core
+from colo_proxy.compare.model import ConnKey, Reason
 from colo_proxy.diff import headers
 
 A4, B4 = bytes([10, 9, 0, 1]), bytes([10, 9, 0, 2])
@@ -129,7 +132,53 @@ def test_a_timeout_is_a_divergence(tmp_path: Path) -> None:
     data = diff_json("--compare-timeout", "100", p, s)
     [conn] = data["connections"]  # type: ignore[misc]
     assert "1 timeout" in conn["verdict"]
+    assert conn["diverged"] is True
     assert data["summary"]["checkpoints_by_reason"] == {"timeout": 1}  # type: ignore[index]
+    assert data["summary"]["connections_diverged"] == 1  # type: ignore[index]
+    result = run("--compare-timeout", "100", p, s)
+    assert result.exit_code == 1
+    assert "DIVERGED (1 checkpoint, 1 timeout)" in result.stdout
+    assert "1 connections, 1 diverged" in result.stdout
+
+
+def test_the_engine_ties_every_checkpoint_to_a_connection(tmp_path: Path) -> None:
+    """Even the engine-wide limit: the memory-limit request names the connection whose
+    frame crossed it, so no capture gives a checkpoint without one."""
+    p, s = write_pair(tmp_path, conversation(PAGE % b"same"), conversation(PAGE % b"same"))
+    data = diff_json("--max-held-bytes", "100", p, s)
+    summary = data["summary"]
+    assert summary["checkpoints_by_reason"] == {"memory-limit": 1}  # type: ignore[index]
+    assert summary["checkpoints_without_connection"] == 0  # type: ignore[index]
+    [conn] = data["connections"]  # type: ignore[misc]
+    assert [c["reason"] for c in conn["checkpoints"]] == ["memory-limit"]
+    assert "checkpoints not tied to a connection" not in run("--max-held-bytes", "100",
+                                                             p, s).stdout
+
+
+def test_a_checkpoint_without_a_connection_is_listed(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request may name no connection (``CheckpointRequest.key`` is optional, as in the
+    kernel's events); the engine never raises one today, so an engine whose memory-limit
+    request is engine-wide stands in: the report lists it, counts it, exits 1."""
+    original = Core.request
+
+    def engine_wide(self: Core, reason: Reason, conn: Conn | None, *args: Any) -> None:
+        original(self, reason, None if reason == Reason.MEMORY_LIMIT else conn, *args)
+
+    monkeypatch.setattr(Core, "request", engine_wide)
+    p, s = write_pair(tmp_path, conversation(PAGE % b"same"), conversation(PAGE % b"same"))
+    data = diff_json("--max-held-bytes", "100", p, s)
+    summary = data["summary"]
+    assert summary["checkpoints_without_connection"] == 1  # type: ignore[index]
+    assert summary["diverged"] is True  # type: ignore[index]
+    [cp] = data["checkpoints"]  # type: ignore[misc]
+    assert cp["reason"] == "memory-limit" and cp["connection"] is None
+    result = run("--max-held-bytes", "100", p, s)
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    at = lines.index("  checkpoints not tied to a connection:")
+    assert "memory-limit" in lines[at + 1] and "(no connection)" in lines[at + 1]
+    assert "bytes held (limit 100)" in lines[at + 1]
 
 
 def test_exit_status_like_diff(tmp_path: Path) -> None:

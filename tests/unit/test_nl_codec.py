@@ -7,6 +7,7 @@ import socket
 import struct
 from pathlib import Path
 
+import nl_spec as spec
 import pytest
 from click.testing import CliRunner
 
@@ -15,7 +16,7 @@ from colo_proxy.cli.status import render_table
 from colo_proxy.compare.model import ConnKey
 from colo_proxy.compare.model import Reason as EngineReason
 from colo_proxy.errors import ColoError
-from colo_proxy.nl import codec, spec
+from colo_proxy.nl import codec
 from colo_proxy.nl.client import _reason
 from colo_proxy.nl.constants import Cmd, GoneReason, Mode, Reason, State
 from colo_proxy.nl.messages import colo_msg

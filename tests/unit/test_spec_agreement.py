@@ -21,10 +21,11 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import nl_spec as spec
 import pytest
+from nl_spec import Spec
 
-from colo_proxy.nl import constants, messages, spec
-from colo_proxy.nl.spec import Spec
+from colo_proxy.nl import constants, messages
 
 REPO = Path(__file__).resolve().parents[2]
 KMOD = REPO / "kmod" / "nfnetlink_colo"

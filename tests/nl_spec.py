@@ -1,4 +1,6 @@
-"""Loader for ``colo.yaml``, the Generic Netlink spec of the "colo" family.
+"""Loader for ``colo.yaml``, the Generic Netlink spec of the "colo" family: the tests'
+(the agreement, codec and permission tests check the package and the kernel module
+against it).  Not part of the package, which reads no YAML (pyyaml is a test extra).
 
 The spec shipped with the package (``colo_proxy/nl/colo.yaml``) is a byte-identical
 copy of ``kmod/nfnetlink_colo/colo.yaml``, the contract with the kernel module, written
@@ -21,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ColoError
+from colo_proxy.errors import ColoError
 
 SPEC_NAME = "colo.yaml"
 
@@ -232,9 +234,9 @@ def load(path: Path | None = None) -> Spec:
 
 @cache
 def packaged() -> Spec:
-    """The spec shipped as package data (cached)."""
+    """The spec shipped as the package's data (cached)."""
     return parse(packaged_text())
 
 
 def packaged_text() -> str:
-    return resources.files(__package__).joinpath(SPEC_NAME).read_text(encoding="utf-8")
+    return resources.files("colo_proxy.nl").joinpath(SPEC_NAME).read_text(encoding="utf-8")
