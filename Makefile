@@ -25,7 +25,7 @@ APT_PKGS := build-essential pkg-config make gcc kmod cpio busybox-static xz-util
             libnetfilter-queue-dev iputils-ping util-linux libcap2-bin tcpdump curl openssl \
             flex bison libelf-dev libssl-dev
 
-.PHONY: help deps venv lint test test-host kmod test-kernel test-debug demo demo-kernel bench clean
+.PHONY: help deps venv lint test test-host kmod test-kernel test-debug demo demo-kernel bench bench-kernel clean
 
 help:
 	@echo "make demo        run the namespace demo (root)"
@@ -34,6 +34,7 @@ help:
 	@echo "make test-host   host tests only;  make test-kernel  guest-kernel tests only"
 	@echo "make test-debug  the debug kernel ($(DEBUG_KERNEL)): build/cache, tests, checker self-test"
 	@echo "make bench       run the benchmarks in bench/"
+	@echo "make bench-kernel  bench/kernel.py (kernel datapath vs plain/NFQUEUE/QEMU) in the 6.1 guest"
 
 deps:
 	@scripts/apt-deps.sh $(APT_PKGS)
@@ -87,6 +88,10 @@ demo-kernel: deps venv
 
 bench: deps venv
 	$(VPY) bench/compare.py
+
+# bench/kernel.py (issue 10 §6) inside the 6.1 guest: scripts/bench-kernel.sh.
+bench-kernel: deps venv
+	@scripts/bench-kernel.sh $(BUILD) 6.1 -- $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) kmod/nfnetlink_colo/{*.o,*.ko,*.mod,*.mod.c,.*.cmd,modules.order,Module.symvers}

@@ -14,6 +14,7 @@
 #                    the module is then not required
 #   GUEST_INTERACTIVE=1  attach the terminal to the guest's console (with GUEST_CMD='bash -i')
 #   GUEST_SMP, GUEST_MEM  QEMU -smp / -m (default 2, 2G)
+#   GUEST_KARGS      extra kernel command line words (e.g. slub_nomerge, scripts/bench-kernel.sh)
 #   GUEST_OUT_SUFFIX  write to BUILD/guest/SERIES<suffix>/ instead (the self-test's runs)
 #   GUEST_EXPECT_BAD=FILE  self-test of the checker (tests/kernel/buggy/selftest.sh): the run
 #                    passes only if every extended regex in FILE matches a line the kernel-log
@@ -125,6 +126,9 @@ run_series() {
     local args=("$k/root/boot/vmlinuz-$kver" "$initrd" "$out" "$timeout_s"
                 "colo.stage2=$here/guest/stage2.sh" "colo.modroot=$(realpath "$k/root/lib/modules")"
                 "colo.out=$(realpath "$out")" "colo.rw=$repo")
+    local kargs
+    read -r -a kargs <<<"${GUEST_KARGS:-}"
+    [ ${#kargs[@]} -eq 0 ] || args+=("${kargs[@]}")
     local attempt qrc
     for attempt in 1 2; do
         if [ "${GUEST_INTERACTIVE:-0}" = 1 ]; then
