@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from colo_env import insmod, temp_netns
 
 REPO = Path(__file__).resolve().parents[2]
 PATTERN_DIR = Path(os.environ.get("COLO_DMESG_PATTERNS", REPO / "scripts" / "guest"))
@@ -131,6 +132,14 @@ def colo_ko() -> Path:
     if not path.is_file():
         pytest.fail(f"COLO_KO={path} is not a file (run through scripts/guest-test.sh)")
     return path
+
+
+@pytest.fixture
+def ns(colo_ko: Path) -> Iterator[str]:
+    """The module loaded and a fresh network namespace ``colot-XXXXXXXX``, deleted after."""
+    insmod(colo_ko)
+    with temp_netns() as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from colo_env import insmod
 from dp_topo import PVM_IP, PVM_PORT, Topo, recv_or_none, topology
-from test_dp_udp import HOLD_MS, request_reply, wait_node
+from test_dp_udp import HOLD_MS, diverged_reply, request_reply, wait_node
 
-from colo_proxy.nl import CheckpointNeededEvent, ColoClient, ColoEvents, Mode, Reason
+from colo_proxy.nl import ColoClient, ColoEvents, Mode, Reason
 
 pytestmark = pytest.mark.kernel
 
@@ -69,11 +69,8 @@ def test_tracepoints_tell_what_the_datapath_did(topo: Topo) -> None:
         csock = topo.udp(topo.c, topo.client_ip, 0)
         svm = topo.svm_socket()
         try:
-            cport = request_reply(topo, csock, server, b"token?", b"token=PVM-1234")
-            wait_node(client, node.index, "reply held", lambda n: n.dp_stats["held-packets"] == 1)
-            svm.send(topo.svm_udp(PVM_PORT, topo.client_ip, cport, b"token=SVM-9876"))
-            event = events.next(30)
-            assert isinstance(event, CheckpointNeededEvent), event
+            cport, event = diverged_reply(topo, client, index=node.index, csock=csock,
+                                          server=server, svm=svm, events=events)
             assert event.reason == Reason.PAYLOAD_MISMATCH and event.offset is not None
             client.request_checkpoint(node.index, Reason.MANUAL)  # pending: suppressed
             client.do_checkpoint(node.index)

@@ -55,6 +55,19 @@ def request_reply(topo: Topo, client_sock: socket.socket, server: socket.socket,
     return int(client_sock.getsockname()[1])
 
 
+def diverged_reply(topo: Topo, client: ColoClient, *, index: int, csock: socket.socket,
+                   server: socket.socket, svm: socket.socket,
+                   events: ColoEvents) -> tuple[int, CheckpointNeededEvent]:
+    """The PVM answers "token=PVM-1234", the SVM "token=SVM-9876": the client's port and
+    the checkpoint-needed event that follows."""
+    cport = request_reply(topo, csock, server, b"token?", b"token=PVM-1234")
+    wait_node(client, index, "reply held", lambda n: n.dp_stats["held-packets"] == 1)
+    svm.send(topo.svm_udp(PVM_PORT, topo.client_ip, cport, b"token=SVM-9876"))
+    event = events.next(30)
+    assert isinstance(event, CheckpointNeededEvent), event
+    return cport, event
+
+
 def test_same_svm_output_releases_without_checkpoint(topo: Topo,
                                                      request: pytest.FixtureRequest) -> None:
     with ColoClient(netns=topo.h) as client, ColoEvents(netns=topo.h) as events:
@@ -96,11 +109,8 @@ def test_different_svm_output_requests_checkpoint_then_releases(topo: Topo) -> N
         csock = topo.udp(topo.c, topo.client_ip, 0)
         svm = topo.svm_socket()
         try:
-            cport = request_reply(topo, csock, server, b"token?", b"token=PVM-1234")
-            wait_node(client, node.index, "reply held", lambda n: n.dp_stats["held-packets"] == 1)
-            svm.send(topo.svm_udp(PVM_PORT, topo.client_ip, cport, b"token=SVM-9876"))
-            event = events.next(30)
-            assert isinstance(event, CheckpointNeededEvent), event
+            cport, event = diverged_reply(topo, client, index=node.index, csock=csock,
+                                          server=server, svm=svm, events=events)
             assert event.index == node.index
             assert event.reason == Reason.PAYLOAD_MISMATCH
             assert event.tuple is not None

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from colo_env import insmod, temp_netns
 from colo_raw import NLM_F_ACK, NLM_F_REQUEST, RawGenl, encode
 from pyroute2 import netns as pyroute2_netns
 
@@ -33,13 +31,6 @@ from colo_proxy.nl import (
 from colo_proxy.nl.model import STATS_FIELDS
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def ns(colo_ko: Path) -> Iterator[str]:
-    insmod(colo_ko)
-    with temp_netns() as name:
-        yield name
 
 
 @pytest.fixture

@@ -13,11 +13,9 @@ import random
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from colo_env import insmod, report, temp_netns
+from colo_env import report
 from colo_fuzz import Fuzzer
 from colo_raw import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, RawGenl, encode
 from pyroute2 import netns as pyroute2_netns
@@ -33,13 +31,6 @@ pytestmark = pytest.mark.kernel
 MESSAGES = 100_000
 BATCH = 64
 SEED = 20151
-
-
-@pytest.fixture
-def ns(colo_ko: Path) -> Iterator[str]:
-    insmod(colo_ko)
-    with temp_netns() as name:
-        yield name
 
 
 def unused_family_id(ns: str) -> int:

@@ -8,11 +8,9 @@ generous timeout) and every node must be reported gone exactly once.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from colo_env import insmod, read_json, report, spawn, stop, temp_netns
+from colo_env import read_json, report, spawn, stop
 
 from colo_proxy.nl import (
     CheckpointNeededEvent,
@@ -27,13 +25,6 @@ from colo_proxy.nl import (
 pytestmark = pytest.mark.kernel
 
 ROUNDS = 4
-
-
-@pytest.fixture
-def ns(colo_ko: Path) -> Iterator[str]:
-    insmod(colo_ko)
-    with temp_netns() as name:
-        yield name
 
 
 def _run_owner(ns: str, hold_seconds: str, kill: bool) -> tuple[list[int], list[object]]:

@@ -9,11 +9,10 @@ never leaves the node pending without an event that some listener can still rece
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from colo_env import insmod, module_back, report, resend_ms, rmmod, temp_netns
+from colo_env import module_back, report, resend_ms, rmmod
 
 from colo_proxy.nl import (
     CheckpointNeededEvent,
@@ -31,13 +30,6 @@ from colo_proxy.nl import (
 pytestmark = pytest.mark.kernel
 
 FAST_MS = 100
-
-
-@pytest.fixture
-def ns(colo_ko: Path) -> Iterator[str]:
-    insmod(colo_ko)
-    with temp_netns() as name:
-        yield name
 
 
 def needed(events: ColoEvents, want: set[int], timeout: float) -> dict[int, CheckpointNeededEvent]:

@@ -9,12 +9,9 @@ namespace drives the nodes of a network namespace that user namespace owns.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import nl_spec as spec
 import pytest
-from colo_env import insmod, read_json, report, spawn, stop, temp_netns
+from colo_env import read_json, report, spawn, stop
 
 from colo_proxy.nl import ColoClient, Mode, State
 
@@ -24,13 +21,6 @@ ADMIN = [name for name, op in spec.packaged().commands.items() if op.admin]
 OPEN = [name for name, op in spec.packaged().commands.items() if not op.admin]
 DROP_NET_ADMIN = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all",
                   "--bounding-set=-net_admin", "--"]
-
-
-@pytest.fixture
-def ns(colo_ko: Path) -> Iterator[str]:
-    insmod(colo_ko)
-    with temp_netns() as name:
-        yield name
 
 
 def probe(ns: str, prefix: list[str], index: int) -> dict[str, object]:

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from colo_env import insmod, module_back, rmmod, temp_netns
+from colo_env import insmod, module_back, rmmod
 
 from colo_proxy.nl import ColoClient, Mode, Reason
 
 pytestmark = pytest.mark.kernel
 
 CLI = str(Path(__file__).resolve().parents[2] / ".venv/bin/colo-proxy")
-
-
-@pytest.fixture
-def ns(colo_ko: Path) -> Iterator[str]:
-    insmod(colo_ko)
-    with temp_netns() as name:
-        yield name
 
 
 def status(*args: str) -> subprocess.CompletedProcess[str]:
