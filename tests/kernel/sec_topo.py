@@ -389,3 +389,8 @@ def recv_exact(sock: socket.socket, n: int, timeout: float = 120) -> bytes:
             raise AssertionError(f"connection closed after {len(out)} of {n} bytes")
         out += data
     return out
+
+
+def primary_ifindexes(topo: SecTopo) -> tuple[int, int]:
+    """The primary host's (tap0, fwd0): where a PMYCOLO node attaches (test_pair_*.py)."""
+    return ifindex(topo.ph, "tap0"), ifindex(topo.ph, "fwd0")
