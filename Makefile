@@ -23,9 +23,9 @@ APT_PKGS := build-essential pkg-config make gcc kmod cpio busybox-static xz-util
             qemu-system-x86 linux-headers-amd64 dwarves sparse bc \
             iproute2 iptables nftables libnftables1 libxtables-dev \
             libnetfilter-queue-dev iputils-ping util-linux libcap2-bin tcpdump curl openssl \
-            flex bison libelf-dev libssl-dev
+            flex bison libelf-dev libssl-dev netsniff-ng
 
-.PHONY: help deps venv lint test test-host kmod test-kernel test-debug demo demo-kernel bench bench-kernel clean
+.PHONY: help deps venv lint test test-host kmod test-kernel test-debug demo demo-kernel bench bench-kernel bench-sec clean
 
 help:
 	@echo "make demo        run the namespace demo (root)"
@@ -35,6 +35,7 @@ help:
 	@echo "make test-debug  the debug kernel ($(DEBUG_KERNEL)): build/cache, tests, checker self-test"
 	@echo "make bench       run the benchmarks in bench/"
 	@echo "make bench-kernel  bench/kernel.py (kernel datapath vs plain/NFQUEUE/QEMU) in the 6.1 guest"
+	@echo "make bench-sec     bench/secondary.py (SECCOLO translated vs untranslated) in the 6.1 guest"
 
 deps:
 	@scripts/apt-deps.sh $(APT_PKGS)
@@ -92,6 +93,10 @@ bench: deps venv
 # bench/kernel.py (issue 10 §6) inside the 6.1 guest: scripts/bench-kernel.sh.
 bench-kernel: deps venv
 	@scripts/bench-kernel.sh $(BUILD) 6.1 -- $(BENCH_ARGS)
+
+# bench/secondary.py (issue 11 §4) inside the 6.1 guest.
+bench-sec: deps venv
+	@BENCH_SCRIPT=bench/secondary.py scripts/bench-kernel.sh $(BUILD) 6.1 -- $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) kmod/nfnetlink_colo/{*.o,*.ko,*.mod,*.mod.c,.*.cmd,modules.order,Module.symvers}

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # bench/kernel.py (issue 10 §6: plain vs kernel datapath vs NFQUEUE vs QEMU colo-compare)
-# inside a guest kernel, for a host that cannot load modules (`make bench-kernel`).
+# inside a guest kernel, for a host that cannot load modules (`make bench-kernel`); with
+# BENCH_SCRIPT=bench/secondary.py the secondary's bench instead (`make bench-sec`).
 #   scripts/bench-kernel.sh [BUILD [SERIES]] [-- BENCH_ARGS...]      (defaults: build 6.1)
 # Builds nf_colo for SERIES (scripts/kmod-build.sh), boots that kernel under QEMU TCG with
 # scripts/guest-test.sh's guest (slub_nomerge: the module's slab caches are counted on
 # their own), loads the module there and runs bench/kernel.py BENCH_ARGS.  The tables are
 # in BUILD/guest/SERIES-bench/console.log (and on stdout).
-# Environment: BENCH_ARGS (word-split, before those after --), VENV (default .venv),
+# Environment: BENCH_SCRIPT (default bench/kernel.py), BENCH_ARGS (word-split, before those
+# after --), VENV (default .venv),
 # GUEST_TIMEOUT (default 2400), GUEST_SMP, GUEST_MEM as for scripts/guest-test.sh.
 set -euo pipefail
 here=$(dirname "$(realpath "$0")")
@@ -15,14 +17,14 @@ repo=$(dirname "$here")
 if [ "${1:-}" = --in-guest ]; then
     # Guest side (run by the guest's cmd.sh, COLO_* exported by scripts/guest-test.sh).
     shift
-    py=$1; shift
+    py=$1 script=$2; shift 2
     cd "$COLO_REPO"
     deps=$(modinfo -F depends "$COLO_KO" | tr ',' ' ')
     # shellcheck disable=SC2086  # a list of module names
     [ -z "$deps" ] || modprobe -a $deps
     insmod "$COLO_KO"
     echo "guest: $(grep -E '^nf_colo ' /proc/modules)"
-    PYTHONPATH=$COLO_REPO exec "$py" bench/kernel.py "$@"
+    PYTHONPATH=$COLO_REPO exec "$py" "$script" "$@"
 fi
 
 build=build series=6.1
@@ -40,7 +42,9 @@ fi
 [ -x "$venv/bin/python" ] || { echo "bench-kernel: no venv at $venv (run: make venv, or set VENV)" >&2; exit 1; }
 echo "== bench-kernel: building nf_colo for $series"
 "$here/kmod-build.sh" "$build" "$series"
-guest_cmd=$(printf '%q ' bash "$here/bench-kernel.sh" --in-guest "$venv/bin/python" "${bench_args[@]}")
+script=${BENCH_SCRIPT:-bench/kernel.py}
+[ -f "$repo/$script" ] || { echo "bench-kernel: no such bench script: $script" >&2; exit 1; }
+guest_cmd=$(printf '%q ' bash "$here/bench-kernel.sh" --in-guest "$venv/bin/python" "$script" "${bench_args[@]}")
 echo "== bench-kernel: booting $series under QEMU TCG"
 GUEST_CMD=$guest_cmd GUEST_OUT_SUFFIX=-bench GUEST_KARGS="slub_nomerge ${GUEST_KARGS:-}" \
     GUEST_TIMEOUT=${GUEST_TIMEOUT:-2400} exec "$here/guest-test.sh" "$build" "$series"
