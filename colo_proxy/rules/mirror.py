@@ -3,7 +3,11 @@ sent out the forward link, to the secondary host (docs/secondary.md, "Inbound mi
 
 The mirror is a standard kernel feature: a ``clsact`` qdisc on the tap and, on its
 egress, one filter that matches everything with the single action
-``mirred egress mirror dev FWD`` (control ``pipe``: the frame still goes to the PVM).
+``mirred egress mirror dev FWD continue``.  The frame still goes to the PVM, and
+``continue`` (not mirred's default ``pipe``, which ends the classification with a
+verdict) lets the tap's other egress filters, at higher prefs, still see it.  A foreign
+filter at a lower pref that ends the classification hides frames from the mirror; status
+does not look at other filters' verdicts.
 
 **tc, not pyroute2.**  pyroute2 (0.9) knows clsact, matchall, u32 and mirred but not the
 action cookie (``TCA_ACT_COOKIE``): it can neither set nor read the marker below.  So
@@ -12,7 +16,8 @@ read is ``tc -j`` JSON, never human text.  Devices are checked with pyroute2.
 
 **Which filter is ours.**  Ours carries the action cookie :data:`COOKIE`
 (``colo-proxy:mirr`` as hex) and sits at chain 0, pref :data:`PREF`, protocol all,
-handle :data:`HANDLE` (matchall) or ``800::c0`` (u32) on the tap's egress.  Status and
+handle :data:`HANDLE` (matchall) or node ``::c0`` of the priority's own hash table
+(u32: ``800::c0`` when it is the first u32 priority on the tap) on the tap's egress.  Status and
 remove recognise ours by the cookie only; a filter without it is foreign, wherever it
 is.  A foreign filter at our pref blocks apply (an error, it is left alone).
 
@@ -50,8 +55,10 @@ from ..errors import ColoError, InputError
 PREF = 192
 """tc priority of our filter (lower runs earlier; the kernel's own default is 49152)."""
 HANDLE = 0xC0
-"""Handle of our matchall filter; the u32 one is ``800::c0`` (node 0xc0 of table 800)."""
-U32_HANDLE = "800::c0"
+"""Handle of our matchall filter; the u32 one is node 0xc0 (``::c0``) of the root hash
+table the kernel gives our priority (``800::c0``, or ``801::c0``... when other u32
+priorities were there first)."""
+U32_HANDLE = "::c0"
 COOKIE = b"colo-proxy:mirr"
 """The tc action cookie marking our action (at most 16 bytes, TC_COOKIE_MAX_SIZE)."""
 COOKIE_HEX = COOKIE.hex()
@@ -214,12 +221,13 @@ def _any_entries(w: _Where) -> bool:
                for side in ("egress", "ingress"))
 
 
-def _add_args(w: _Where, kind: str, fwd: str, verb: str) -> list[str]:
-    handle = [str(HANDLE)] if kind == "matchall" else [U32_HANDLE]
+def _add_args(w: _Where, kind: str, fwd: str, verb: str, handle: str | None = None
+              ) -> list[str]:
+    handle = handle or (str(HANDLE) if kind == "matchall" else U32_HANDLE)
     match = ["match", "u32", "0", "0"] if kind == "u32" else []
     return ["filter", verb, "dev", w.tap, "egress", "chain", "0", "protocol", "all",
-            "pref", str(PREF), "handle", *handle, kind, *match,
-            "action", "mirred", "egress", "mirror", "dev", fwd, "cookie", COOKIE_HEX]
+            "pref", str(PREF), "handle", handle, kind, *match,
+            "action", "mirred", "egress", "mirror", "dev", fwd, "continue", "cookie", COOKIE_HEX]
 
 
 def _delete(w: _Where, f: _Filter, everything: list[_Filter]) -> None:
@@ -261,10 +269,18 @@ def _check(tap: str, fwd: str | None, netns: str | None, *, need_fwd: bool) -> _
     return _Where(tap, fwd, netns, int(tap_idx[0]))
 
 
+def _our_handle(f: _Filter) -> bool:
+    if f.kind == "u32":
+        return f.handle is not None and f.handle.endswith("::c0")
+    return f.kind == "matchall" and f.handle in (None, hex(HANDLE), str(HANDLE))
+
+
 def _problems(f: _Filter, fwd: str | None) -> list[str]:
     found = []
     if not f.at_slot:
         found.append(f"at chain {f.chain} pref {f.pref}, not chain 0 pref {PREF}")
+    elif not _our_handle(f):
+        found.append(f"handle {f.handle}, not colo-proxy's")
     if f.kind not in CLASSIFIERS:
         found.append(f"classifier {f.kind}, not matchall or u32")
     if f.protocol != "all":
@@ -285,9 +301,9 @@ def _problems(f: _Filter, fwd: str | None) -> list[str]:
         if fwd is not None and act.get("to_dev") != fwd:
             found.append(f"mirrors to {act.get('to_dev')}, not {fwd}")
         control = act.get("control_action")
-        if isinstance(control, dict) and control.get("type") != "pipe":
-            found.append(f"control action {control.get('type')}, not pipe "
-                         "(the frame would not reach the PVM)")
+        if not isinstance(control, dict) or control.get("type") != "continue":
+            kind = control.get("type") if isinstance(control, dict) else None
+            found.append(f"control action {kind}, not continue")
     return found
 
 
@@ -390,10 +406,9 @@ def apply(tap: str, fwd: str, netns: str | None = None, *,
             _tc(netns, "qdisc", "add", "dev", tap, "clsact")
             created = True
         ours = [f for f in filters if f.ours]
-        in_place = next((f for f in ours if f.at_slot and f.kind in CLASSIFIERS
-                         and f.handle in (hex(HANDLE), str(HANDLE), U32_HANDLE)), None)
+        in_place = next((f for f in ours if f.at_slot and _our_handle(f)), None)
         if in_place is not None and len([f for f in ours if f.at_slot]) == 1:
-            _tc(netns, *_add_args(w, in_place.kind, fwd, "replace"))
+            _tc(netns, *_add_args(w, in_place.kind, fwd, "replace", in_place.handle))
             strays = [f for f in ours if f is not in_place]
         else:
             for f in [f for f in ours if f.at_slot][:1]:
@@ -421,8 +436,9 @@ def _add(w: _Where, fwd: str) -> None:
     except ColoError as first:
         try:
             _tc(w.netns, *_add_args(w, "u32", fwd, "add"))
-        except ColoError:
-            raise first from None
+        except ColoError as second:
+            raise ColoError(f"{second} (and with matchall: {str(first).rsplit(': ', 1)[-1]})"
+                            ) from None
 
 
 def _rollback(w: _Where, *, added: bool, created: bool) -> None:
