@@ -62,9 +62,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import agent, config, demo, diff, kmod, run, status
+    from . import agent, config, demo, diff, kmod, mirror, run, status
 
-    for module in (diff, kmod, status, run, demo, config, agent):
+    for module in (diff, kmod, status, mirror, run, demo, config, agent):
         for command in module.COMMANDS:
             main.add_command(command)
 

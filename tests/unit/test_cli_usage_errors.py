@@ -16,6 +16,9 @@ from colo_proxy.cli import main
     (["bogus"], "No such command 'bogus'"),
     (["--nope"], "No such option '--nope'"),
     (["diff", "only-one.pcap"], "Missing argument 'SECONDARY'"),
+    (["mirror", "status", "--tap", "tap0"], "Missing option '--fwd'"),
+    (["mirror", "apply", "--fwd", "fwd0"], "Missing option '--tap'"),
+    (["mirror", "remove", "--tap", "tap0", "--json"], "No such option '--json'"),
 ])
 def test_usage_errors_are_one_line(args: list[str], text: str) -> None:
     result = CliRunner().invoke(main, args)
