@@ -35,8 +35,9 @@ use is theirs).
 
 Apply is idempotent (in place and unchanged: nothing is written), and a failed apply
 undoes what it added (its filter, the clsact it created).  A drifted filter of ours is
-replaced in place with ``tc filter replace`` when it sits at our handle with the same
-classifier, otherwise deleted and added again (a short gap in the mirror).
+replaced in place with ``tc filter replace`` when it is a u32 filter at our handle,
+otherwise deleted and added again, a short gap in the mirror (matchall cannot be
+replaced: the kernel answers EEXIST).
 """
 
 from __future__ import annotations
@@ -407,7 +408,10 @@ def apply(tap: str, fwd: str, netns: str | None = None, *,
             created = True
         ours = [f for f in filters if f.ours]
         in_place = next((f for f in ours if f.at_slot and _our_handle(f)), None)
-        if in_place is not None and len([f for f in ours if f.at_slot]) == 1:
+        # matchall cannot change an existing filter (the kernel answers EEXIST to
+        # replace and change): only u32 is replaced in place
+        if (in_place is not None and in_place.kind == "u32"
+                and len([f for f in ours if f.at_slot]) == 1):
             _tc(netns, *_add_args(w, in_place.kind, fwd, "replace", in_place.handle))
             strays = [f for f in ours if f is not in_place]
         else:

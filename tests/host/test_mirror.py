@@ -267,7 +267,12 @@ def _retarget(topo: Topo, dev: str, cookie: bool, kind: str) -> None:
     match = ["match", "u32", "0", "0"] if kind == "u32" else []
     handle = (next(f["options"]["fh"] for f in _ours(topo)) if kind == "u32"
               else str(mirror.HANDLE))
-    _tc(topo, "filter", "replace", "dev", topo.tap, "egress", "chain", "0", "protocol", "all",
+    verb = "replace"
+    if kind == "matchall":  # matchall cannot be replaced in place (EEXIST)
+        _tc(topo, "filter", "del", "dev", topo.tap, "egress", "chain", "0", "pref",
+            str(mirror.PREF))
+        verb = "add"
+    _tc(topo, "filter", verb, "dev", topo.tap, "egress", "chain", "0", "protocol", "all",
         "pref", str(mirror.PREF), "handle", handle, kind, *match, "action", "mirred",
         "egress", "mirror", "dev", dev, *(["cookie", mirror.COOKIE_HEX] if cookie else []))
 
