@@ -5,8 +5,9 @@ Six namespaces, named ``colos-XXXXXXXX-{n,c,ph,p,sh,v}``:
 * ``n``, the client network: bridge ``sw`` with ``n_c`` (peer ``eth0`` in ``c``, the
   client), ``n_p`` (peer ``up0`` in ``ph``) and ``n_s`` (peer ``up0`` in ``sh``).
 * ``ph``, the primary host: bridge ``br0`` with ``up0`` and ``tap0`` (peer ``eth0`` in
-  ``p``, the PVM).  Inbound mirroring as in production: ``tc mirred egress mirror`` on
-  ``tap0`` copies every frame sent to the PVM onto the forward link ``fwd0`` (peer
+  ``p``, the PVM).  Inbound mirroring as in production, by the product's
+  ``colo_proxy.rules.mirror`` (``colo-proxy mirror apply``: ``tc mirred egress mirror``
+  on ``tap0`` copies every frame sent to the PVM onto the forward link ``fwd0``, peer
   ``fwd0`` in ``sh``).  No PMYCOLO here: the frames the SVM sends back on ``fwd0`` are
   captured by the tests and then die in ``ph`` (not bridged, no address, no forwarding).
 * ``sh``, the secondary host, where the SECCOLO node lives: ``tap0`` (peer ``eth0`` in
@@ -23,6 +24,7 @@ static, so no ARP is needed.  IPv6 is off everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import struct
@@ -34,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyroute2 import netns as pyr_netns
+
+from colo_proxy.errors import ColoError
+from colo_proxy.rules import mirror
 
 VM_IP = "10.78.0.2"
 VM_MAC = "52:54:00:00:78:02"
@@ -249,12 +254,14 @@ class SecTopo:
                "nud", "permanent")
         for ns in (self.p, self.v):
             nsexec(ns, "sysctl", "-qw", "net.ipv4.tcp_timestamps=0")
-        # inbound mirroring on the primary host: every frame to the PVM, also to fwd0
-        nsexec(self.ph, "tc", "qdisc", "add", "dev", "tap0", "clsact")
-        nsexec(self.ph, "tc", "filter", "add", "dev", "tap0", "egress", "matchall",
-               "action", "mirred", "egress", "mirror", "dev", "fwd0")
+        # inbound mirroring on the primary host, by the product (colo-proxy mirror
+        # apply: clsact + matchall + mirred, marked): every frame to the PVM, also to fwd0
+        assert mirror.apply("tap0", "fwd0", self.ph).status.classifier == "matchall"
 
     def destroy(self) -> None:
+        if Path("/run/netns", self.ph).exists():
+            with contextlib.suppress(ColoError):  # tap0 gone already (a failover test)
+                mirror.remove("tap0", netns=self.ph)  # and its record in /run/colo-proxy
         for ns in self.names():
             if Path("/run/netns", ns).exists():
                 subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
