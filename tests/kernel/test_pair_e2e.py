@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -30,12 +31,12 @@ from pathlib import Path
 import pytest
 from colo_env import PY, insmod, report, wait_for
 from sec_topo import (
-    CLIENT_IP,
     PORT,
     VM_IP,
     Capture,
     SecTopo,
     Server,
+    client_listener,
     payload,
     primary_ifindexes,
     recv_exact,
@@ -167,7 +168,23 @@ def pair(topo: SecTopo, hold_timeout_ms: int = HOLD_MS) -> Iterator[Pair]:
             hold_timeout_ms=hold_timeout_ms,
             max_held_bytes=1 << 30,
         )
-        yield Pair(topo, pclient, sclient, pnode.index, snode.index)
+        pr = Pair(topo, pclient, sclient, pnode.index, snode.index)
+        try:
+            yield pr
+        except (AssertionError, OSError) as e:  # a stall or a wrong answer: the state
+            raise AssertionError(f"{e!r}; {diagnosis(pr)}") from e
+
+
+def diagnosis(p: Pair) -> str:
+    """What both nodes and the stacks say, for a failure message."""
+    found = []
+    for name, get in (("primary", p.pnode), ("secondary", p.snode)):
+        try:
+            node = get()
+            found.append(f"{name} {node.stats} {node.dp_stats or node.sec_stats}")
+        except Exception as e:  # the node may be gone (failover)
+            found.append(f"{name}: {e!r}")
+    return "; ".join(found) + f"; drops {drops(p.topo)}"
 
 
 def http_connect(topo: SecTopo) -> http.client.HTTPConnection:
@@ -204,6 +221,50 @@ def get_bulk_sha(
     return h.hexdigest()
 
 
+def drops(topo: SecTopo) -> dict[str, int]:
+    """Frames the stacks dropped: per device (rx and tx, nonzero ones) and the
+    backlog's (softnet_stat's second column, all CPUs)."""
+    found: dict[str, int] = {}
+    for ns in topo.names():
+        out = subprocess.run(
+            ["ip", "-n", ns, "-j", "-s", "link", "show"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        for link in json.loads(out or "[]"):
+            st = link.get("stats64", {})
+            n = st.get("rx", {}).get("dropped", 0) + st.get("tx", {}).get("dropped", 0)
+            if n:
+                found[f"{ns.rsplit('-', 1)[-1]}/{link['ifname']}"] = n
+    found["backlog"] = sum(
+        int(line.split()[1], 16) for line in Path("/proc/net/softnet_stat").read_text().splitlines()
+    )
+    return found
+
+
+def fetch_in_background(
+    conn: http.client.HTTPConnection,
+    n: int,
+    progress: list[int],
+    result: list[str],
+    errors: list[str],
+) -> threading.Thread:
+    """GET /bulk/n in a thread (its digest into ``result``); returns once a quarter
+    of it arrived, or the thread ended."""
+
+    def fetch() -> None:
+        try:
+            result.append(get_bulk_sha(conn, n, progress))
+        except Exception as e:
+            errors.append(repr(e))
+
+    t = threading.Thread(target=fetch, daemon=True)
+    t.start()
+    wait_for(lambda: progress[0] >= n // 4 or not t.is_alive(), HANG, "a quarter of the transfer")
+    return t
+
+
 def settled(p: Pair) -> Node:
     """The primary node once nothing is held any more."""
     wait_for(lambda: p.pnode().dp_stats["held-packets"] == 0, HANG, "nothing held")
@@ -228,7 +289,7 @@ def test_http_and_bulk_without_checkpoint(topo: SecTopo, request: pytest.Fixture
             except TimeoutError:
                 raise AssertionError(
                     f"transfer stalled: primary {p.pnode().dp_stats}; "
-                    f"secondary {p.snode().sec_stats}"
+                    f"secondary {p.snode().sec_stats}; drops {drops(topo)}"
                 ) from None
             assert got == bulk_sha(BULK)
             assert get(conn, "/page") == PAGE
@@ -254,11 +315,7 @@ def test_svm_initiated_connection_without_checkpoint(
     """Both VMs open the same connection to the client: the client sees one
     connection, the PVM's bytes, and the primary compares the SVM's translated stream
     with 0 checkpoint requests."""
-    listener = topo.tcp(topo.c)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((CLIENT_IP, PORT + 1))
-    listener.listen(1)
-    listener.settimeout(HANG)
+    listener = client_listener(topo, PORT + 1, HANG)
     vport = 40123
     socks: list[socket.socket] = [listener]
     errors: list[str] = []
@@ -361,17 +418,7 @@ def test_checkpoint_mid_transfer_keeps_the_stream(
             conn = http_connect(topo)
             assert get(conn, "/page") == PAGE
 
-            def fetch() -> None:
-                try:
-                    result.append(get_bulk_sha(conn, n, progress))
-                except Exception as e:
-                    errors.append(repr(e))
-
-            t = threading.Thread(target=fetch, daemon=True)
-            t.start()
-            wait_for(
-                lambda: progress[0] >= n // 4 or not t.is_alive(), HANG, "a quarter of the transfer"
-            )
+            t = fetch_in_background(conn, n, progress, result, errors)
             assert p.snode().sec_stats["flows"] == 1
             p.checkpoint()
             sn = p.snode()
@@ -430,17 +477,7 @@ def test_failover_mid_transfer_and_echo(topo: SecTopo, request: pytest.FixtureRe
             conn = http_connect(topo)
             bport = conn.sock.getsockname()[1]
 
-            def fetch() -> None:
-                try:
-                    result.append(get_bulk_sha(conn, n, progress))
-                except Exception as e:
-                    errors.append(repr(e))
-
-            t = threading.Thread(target=fetch, daemon=True)
-            t.start()
-            wait_for(
-                lambda: progress[0] >= n // 4 or not t.is_alive(), HANG, "a quarter of the transfer"
-            )
+            t = fetch_in_background(conn, n, progress, result, errors)
             # the primary host goes: off the client network, its PVM silent, its node
             # destroyed; the secondary fails over and its SVM joins the client network
             # (the order of a crash: nothing of the primary host's reaches the client
