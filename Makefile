@@ -23,7 +23,7 @@ APT_PKGS := build-essential pkg-config make gcc kmod cpio busybox-static xz-util
             qemu-system-x86 linux-headers-amd64 dwarves sparse bc \
             iproute2 iptables nftables libnftables1 libxtables-dev \
             libnetfilter-queue-dev iputils-ping util-linux libcap2-bin tcpdump curl openssl \
-            flex bison libelf-dev libssl-dev netsniff-ng
+            flex bison libelf-dev libssl-dev netsniff-ng ethtool
 
 .PHONY: help deps venv lint test test-host kmod test-kernel test-debug demo demo-kernel bench bench-kernel bench-sec clean
 

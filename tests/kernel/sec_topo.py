@@ -254,6 +254,9 @@ class SecTopo:
                "nud", "permanent")
         for ns in (self.p, self.v):
             nsexec(ns, "sysctl", "-qw", "net.ipv4.tcp_timestamps=0")
+            # segments of one MSS in both VMs, so that their segment boundaries agree
+            # (docs/secondary.md, "Segment boundaries")
+            nsexec(ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off")
         # inbound mirroring on the primary host, by the product (colo-proxy mirror
         # apply: clsact + matchall + mirred, marked): every frame to the PVM, also to fwd0
         assert mirror.apply("tap0", "fwd0", self.ph).status.classifier == "matchall"
@@ -401,3 +404,13 @@ def recv_exact(sock: socket.socket, n: int, timeout: float = 120) -> bytes:
 def primary_ifindexes(topo: SecTopo) -> tuple[int, int]:
     """The primary host's (tap0, fwd0): where a PMYCOLO node attaches (test_pair_*.py)."""
     return ifindex(topo.ph, "tap0"), ifindex(topo.ph, "fwd0")
+
+
+def client_listener(topo: SecTopo, port: int, timeout: float) -> socket.socket:
+    """A listening TCP socket of the client's, for connections the VMs open."""
+    listener = topo.tcp(topo.c)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((CLIENT_IP, port))
+    listener.listen(1)
+    listener.settimeout(timeout)
+    return listener
