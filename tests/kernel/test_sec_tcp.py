@@ -25,6 +25,7 @@ from sec_topo import (
     SecTopo,
     Seg,
     Server,
+    client_listener,
     payload,
     recv_exact,
     sec_topology,
@@ -170,11 +171,7 @@ def test_svm_initiated_connection_is_translated(topo: SecTopo,
     leaves in its own numbering, the client's SYN-ACK gives the PVM's, and the SVM's data
     then reaches the primary in the PVM's numbering."""
     svm_cap, pvm_cap = topo.capture_svm_output(), topo.capture_pvm_output()
-    listener = topo.tcp(topo.c)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((CLIENT_IP, PORT + 1))
-    listener.listen(1)
-    listener.settimeout(HANG)
+    listener = client_listener(topo, PORT + 1, HANG)
     vport = 40123
     socks: list[socket.socket] = [listener]
     errors: list[str] = []
