@@ -51,6 +51,7 @@ from scapy.layers.l2 import Ether
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line, print_table
+from kernel import module_loaded
 
 from colo_proxy.nl import ColoClient, Mode
 from colo_proxy.topology import netns as ns_util
@@ -68,14 +69,6 @@ def run(*argv: str) -> str:
     if proc.returncode:
         raise SystemExit(f"bench-sec: {' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
     return proc.stdout
-
-
-def module_loaded() -> bool:
-    try:
-        return any(line.split()[0] == "nf_colo"
-                   for line in Path("/proc/modules").read_text().splitlines())
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
