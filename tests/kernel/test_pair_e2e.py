@@ -412,14 +412,19 @@ def test_checkpoint_mid_transfer_keeps_the_stream(
     progress = [0]
     result: list[str] = []
     errors: list[str] = []
-    with pair(topo, hold_timeout_ms=200) as p:
+    with pair(topo, hold_timeout_ms=500) as p:
         agent = Agent(topo, p.pindex, p.sindex)
         try:
             conn = http_connect(topo)
             assert get(conn, "/page") == PAGE
 
             t = fetch_in_background(conn, n, progress, result, errors)
-            assert p.snode().sec_stats["flows"] == 1
+            # the hold timeout is short, so a slow SVM (TCG) can already have made the
+            # primary ask, and the agent checkpoint, before this point: then that was
+            # the checkpoint mid-transfer, and the flow is gone already
+            flows = p.snode().sec_stats["flows"]
+            assert flows == 1 or agent.requests, "the flow went with no checkpoint"
+            early = len(agent.requests)
             p.checkpoint()
             sn = p.snode()
             assert sn.sec_stats["flows"] == 0, sn.sec_stats
@@ -450,7 +455,11 @@ def test_checkpoint_mid_transfer_keeps_the_stream(
             assert pn.stats["checkpoint-requests"] == asked, (asked, pn.stats)
             assert pn.stats["checkpoints"] >= 1 + asked, pn.stats
             assert not agent.errors, agent.errors
-            report(request, f"{asked} requests after the checkpoint; primary {pn.dp_stats}")
+            report(
+                request,
+                f"{early} requests before the test's checkpoint, {asked} in all; "
+                f"primary {pn.dp_stats}",
+            )
         finally:
             agent.close()
 
